@@ -1,0 +1,64 @@
+"""Exceptions and warnings of dzspec.
+
+Every message names the file (or store), the spectrum row where one is concerned, and the problem, so that a
+user holding only the log line can find the offending input.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = [
+    "BadSpectrumWarning",
+    "DzspecWarning",
+    "InputError",
+    "SchemaError",
+    "StoreError",
+    "UnknownFormatError",
+]
+
+
+class DzspecWarning(UserWarning):
+    """Base class of dzspec's own warnings (the test suite turns them into errors)."""
+
+
+class BadSpectrumWarning(DzspecWarning):
+    """A spectrum was kept but flagged: NaN flux, negative ivar, no data, duplicated targetid..."""
+
+
+class InputError(ValueError):
+    """An input file cannot be turned into spectra.
+
+    Parameters
+    ----------
+    path
+        The offending file.
+    problem
+        What is wrong, in words.
+    row
+        The spectrum row inside the file, where the problem concerns one spectrum.
+
+    Examples
+    --------
+    >>> str(InputError("coadd.fits", "wavelengths are not increasing", row=3))
+    'coadd.fits: row 3: wavelengths are not increasing'
+    """
+
+    def __init__(self, path: str | PathLike[str], problem: str, row: int | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.row = row
+        where = f"{self.path}: row {row}: " if row is not None else f"{self.path}: "
+        super().__init__(where + problem)
+
+
+class UnknownFormatError(InputError):
+    """No registered reader recognises the file's content."""
+
+
+class StoreError(RuntimeError):
+    """A Zarr store is missing, inconsistent, or not what the operation expects."""
+
+
+class SchemaError(StoreError):
+    """A store was written with a schema this version of dzspec cannot read."""

@@ -1,0 +1,1 @@
+"""The only layer that imports dask and distributed: block planning, submission, retries, progress."""
