@@ -1,0 +1,176 @@
+"""The ``dzspec`` command line: ingest, validate, status, run-kernel, formats, demo.
+
+Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
+clusters need a ``__main__`` guard, the console script has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("dzspec")
+
+
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="connect to a running scheduler (tcp://host:port or "
+                       "a scheduler JSON file) instead of starting a LocalCluster")
+    group.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    group.add_argument("--threads-per-worker", type=int, default=1, help="threads per worker (default 1)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from dzspec.cluster import make_client
+
+    client = make_client(args.scheduler, n_workers=args.workers, threads_per_worker=args.threads_per_worker)
+    print(f"dask dashboard: {client.dashboard_link}", flush=True)
+    return client
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from dzspec.parallel.ingest import ingest
+
+    options = {"keep_resolution": True} if args.keep_resolution else {}
+    with _client(args) as client:
+        report = ingest(args.inputs, args.store, client, format=args.format, options=options,
+                        chunk_bytes=int(args.chunk_mb * 2**20), progress=not args.no_progress)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from dzspec.io.validate import validate_store
+
+    problems = validate_store(args.store, check_values=not args.structure_only)
+    for problem in problems:
+        print(problem)
+    errors = [p for p in problems if p.severity == "error"]
+    print(f"{args.store}: {'INVALID' if errors else 'valid'} ({len(errors)} errors, "
+          f"{len(problems) - len(errors)} warnings)")
+    return 1 if errors else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dzspec.io import store as zstore
+    from dzspec.io.validate import _results_groups
+
+    root = zstore.open_root(args.store)
+    for group_path in zstore.spectra_groups(root):
+        group = root[group_path]
+        manifest = zstore.manifest_of(group)
+        pending = sum(e["status"] != "done" for e in manifest)
+        print(f"{group_path}: {group['flux'].shape[0]} spectra x {group['wavelength'].shape[0]} wavelengths, "
+              f"chunk {group.attrs['chunk_rows']}; {len(manifest)} input files ({pending} pending)")
+    if "results" in root:
+        for path, group in _results_groups(root["results"], "results"):
+            done = zstore.done_blocks(group)
+            print(f"{path}: {int(done.sum())}/{done.size} blocks done, status {group.attrs.get('status')}")
+    return 0
+
+
+def _cmd_run_kernel(args: argparse.Namespace) -> int:
+    from dzspec.kernels import KERNELS
+    from dzspec.parallel.runner import run_kernel
+
+    with _client(args) as client:
+        report = run_kernel(args.store, KERNELS[args.kernel], client, group=args.group, results=args.results,
+                            resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
+                            max_in_flight=args.max_in_flight, retries=args.retries, progress=not args.no_progress)
+    print(report.summary())
+    return 0 if report.complete else 1
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from dzspec.io.registry import readers
+
+    for name, reader in readers().items():
+        print(f"{name:10s} priority {reader.priority:4d}  {reader.description}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dzspec.demo import run_demo
+
+    with _client(args) as client:
+        return run_demo(Path(args.out), client, nfiles=args.files, spectra_per_file=args.spectra_per_file,
+                        progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dzspec._version import __version__
+    from dzspec.kernels import KERNELS
+
+    parser = argparse.ArgumentParser(prog="dzspec", description="Survey-scale redshifts on Zarr and Dask.")
+    parser.add_argument("--version", action="version", version=f"dzspec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="read spectra files (DESI, MUSE, SDSS, generic) into a Zarr store")
+    p.add_argument("inputs", nargs="+", help="files or directories (searched recursively)")
+    p.add_argument("--store", required=True, help="the Zarr store (created if missing)")
+    p.add_argument("--format", help="reader name for every file (default: detected from each file's content)")
+    p.add_argument("--keep-resolution", action="store_true", help="keep DESI resolution matrices")
+    p.add_argument("--chunk-mb", type=float, default=64.0, help="flux bytes per chunk of a new group (MiB)")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("validate", help="report what is wrong in a store, and where")
+    p.add_argument("store")
+    p.add_argument("--structure-only", action="store_true", help="skip the chunk-by-chunk scan of values")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("status", help="spectra groups, input files and results progress of a store")
+    p.add_argument("store")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("run-kernel", help="run a block kernel over a store through the block runner")
+    p.add_argument("store")
+    p.add_argument("--kernel", default="summary", choices=sorted(KERNELS), help="kernel (default: summary)")
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--results", help="results group path (default: results/<grid>/<kernel>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
+    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
+    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: 2 per worker thread)")
+    p.add_argument("--retries", type=int, default=2, help="retries per block for transient errors")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_run_kernel)
+
+    p = sub.add_parser("formats", help="list the registered readers")
+    p.set_defaults(func=_cmd_formats)
+
+    p = sub.add_parser("demo", help="simulate input files, ingest them, run the summary kernel, plot")
+    p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
+    p.add_argument("--files", type=int, default=8, help="simulated input files")
+    p.add_argument("--spectra-per-file", type=int, default=500)
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dzspec`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="dzspec: %(message)s")
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from dzspec.errors import InputError, StoreError
+
+    try:
+        return int(args.func(args))
+    except (InputError, StoreError, ValueError) as exc:
+        print(f"dzspec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

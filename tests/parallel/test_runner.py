@@ -1,0 +1,154 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dzspec.cluster import make_client
+from dzspec.errors import StoreError
+from dzspec.io import store as zstore
+from dzspec.kernels.base import KernelSpec, OutputSpec
+from dzspec.kernels.summary import SUMMARY, spectrum_summary
+from dzspec.parallel.runner import run_kernel
+from dzspec.testing import write_synthetic_store
+
+pytestmark = pytest.mark.cluster
+
+POISON = Path(os.environ.get("TMPDIR", "/tmp")) / f"dzspec-poison-{os.getpid()}"
+
+
+def _poisoned_sum(wavelength, flux, targetid):
+    """Sum of flux per spectrum; raises for the block holding targetid 10000020 while the poison file exists."""
+    if POISON.exists() and (targetid == 10_000_020).any():
+        raise RuntimeError("injected failure")
+    return {"total": flux.astype(np.float64).sum(axis=1)}
+
+
+POISONED = KernelSpec("poisoned", _poisoned_sum, ("flux", "targetid"), lambda p: {"total": OutputSpec("float64")})
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_client(n_workers=2, processes=False, dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture
+def store(tmp_path):
+    return write_synthetic_store(tmp_path / "s.zarr", nspectrum=100, nwave=80, chunk_rows=8, seed=11)
+
+
+def test_runner_equals_numpy_on_the_whole_array(store, client):
+    report = run_kernel(store, SUMMARY, client, progress=False, block_rows=16)
+    assert report.complete and report.computed == 7 and report.already_done == 0
+    results = zstore.open_results(store, report.results).compute()
+    spectra = zstore.open_spectra(store).compute()
+    expected = spectrum_summary(spectra.wavelength.values, spectra.flux.values, spectra.ivar.values)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(results[name].values, values, err_msg=name)
+    np.testing.assert_array_equal(results.targetid.values, spectra.targetid.values)
+    root = zstore.open_root(store)
+    assert root[report.results].attrs["status"] == "complete"
+    assert root[report.results]["ngood"].chunks == (16,)
+
+
+def test_failed_block_stays_not_done_and_resume_recomputes_only_it(store, client):
+    POISON.touch()
+    try:
+        first = run_kernel(store, POISONED, client, progress=False, retries=0)
+    finally:
+        POISON.unlink()
+    assert list(first.failed) == [2]  # rows 16:24 hold targetid 10000020
+    assert "block 2 (rows 16:24)" in first.failed[2] and "injected failure" in first.failed[2]
+    assert not first.complete and first.computed == 12
+    root = zstore.open_root(store)
+    assert root[first.results].attrs["status"] == "incomplete"
+    assert zstore.done_blocks(root[first.results]).tolist().count(False) == 1
+
+    second = run_kernel(store, POISONED, client, progress=False, resume=True)
+    assert second.complete and second.computed == 1 and second.already_done == 12
+    total = zstore.open_results(store, second.results)["total"].values
+    np.testing.assert_array_equal(total, zstore.open_spectra(store).flux.values.astype(np.float64).sum(axis=1))
+
+
+def test_existing_results_need_resume_or_overwrite(store, client):
+    run_kernel(store, SUMMARY, client, progress=False)
+    with pytest.raises(StoreError, match="exists: pass resume"):
+        run_kernel(store, SUMMARY, client, progress=False)
+    with pytest.raises(StoreError, match="cannot resume: config_sha256 differs"):
+        run_kernel(store, SUMMARY, client, progress=False, resume=True, params={"snr_window": (5000, 5050)})
+    with pytest.raises(StoreError, match="cannot resume: plan"):
+        run_kernel(store, SUMMARY, client, progress=False, resume=True, block_rows=16)
+    again = run_kernel(store, SUMMARY, client, progress=False, overwrite=True, block_rows=16)
+    assert again.computed == again.nblocks == 7
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        run_kernel(store, SUMMARY, client, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="multiple of the store's chunk of 8 rows"):
+        run_kernel(store, SUMMARY, client, overwrite=True, block_rows=12)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from dzspec.cluster import make_client
+    from dzspec.kernels.base import KernelSpec
+    from dzspec.kernels.summary import SUMMARY, spectrum_summary
+    from dzspec.parallel.runner import run_kernel
+
+    def slow_summary(wavelength, flux, ivar, snr_window=None):
+        time.sleep(0.15)
+        return spectrum_summary(wavelength, flux, ivar, snr_window=snr_window)
+
+    SLOW = KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)
+    if __name__ == "__main__":
+        store, results, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
+        with make_client(n_workers=2, dashboard_address=None) as client:
+            report = run_kernel(store, SLOW, client, results=results, resume=resume, progress=False,
+                                max_in_flight=2)
+        print("COMPUTED", report.computed, "ALREADY", report.already_done, flush=True)
+    """
+)
+
+
+def test_sigkill_of_the_client_then_resume_is_bit_identical(tmp_path):
+    store = write_synthetic_store(tmp_path / "k.zarr", nspectrum=320, nwave=200, chunk_rows=8, seed=5)
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    reference = subprocess.run([sys.executable, str(script), str(store), "results/ref", "fresh"], env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "COMPUTED 40 ALREADY 0" in reference.stdout
+
+    proc = subprocess.Popen([sys.executable, str(script), str(store), "results/killed", "fresh"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    root = zstore.open_root(store)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            if zstore.done_blocks(root["results/killed"]).sum() >= 15:
+                break
+        except KeyError:  # the results group is still being created
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # the client (and the scheduler it hosts) dies at once
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # then its orphaned workers, as when a node is lost
+    done_at_kill = int(zstore.done_blocks(root["results/killed"]).sum())
+    assert 15 <= done_at_kill < 40
+
+    resumed = subprocess.run([sys.executable, str(script), str(store), "results/killed", "resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"COMPUTED {40 - done_at_kill} ALREADY {done_at_kill}" in resumed.stdout
+    ref = zstore.open_results(store, "results/ref").compute()
+    got = zstore.open_results(store, "results/killed").compute()
+    for name in ref.data_vars:
+        assert ref[name].values.tobytes() == got[name].values.tobytes(), name
