@@ -75,7 +75,8 @@ def make_client(
     memory_limit
         Per worker (``"auto"`` shares the machine's memory among workers).
     dashboard_address
-        ``":0"`` picks a free port; None disables the dashboard.
+        Where the dashboard listens; ``":0"`` (default) picks a free port, so that several clusters on one
+        machine never collide (None means the same).
     processes
         Worker processes (default) or threads in this process (for small tests).
 
@@ -105,7 +106,7 @@ def make_client(
                 threads_per_worker=threads,
                 processes=processes,
                 memory_limit=memory_limit,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address or ":0",
             )
         client = Client(cluster)
     if processes or address:

@@ -7,6 +7,7 @@ Everything is a pure function of ``seed`` and the row index, whatever the chunki
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from os import PathLike
 from pathlib import Path
 
@@ -109,24 +110,39 @@ def write_synthetic_files(
 
 def write_synthetic_store(
     path: str | PathLike[str], nspectrum: int, nwave: int = MUSE_LIKE_WAVELENGTH.size, seed: int = 0,
-    chunk_rows: int | None = None,
+    chunk_rows: int | None = None, mapper: Callable[..., Iterable[object]] = map,
 ) -> Path:
     """Write a spectra store of ``nspectrum`` synthetic spectra directly (no input files), chunk by chunk.
 
-    Memory stays at one chunk whatever ``nspectrum`` is. Returns the store path.
+    Each chunk is written by one call ``write_synthetic_chunk(path, group, start, stop, nwave, seed)``; pass a
+    parallel ``mapper`` (e.g. ``lambda f, *a: client.gather(client.map(f, *a))``) to write chunks on a cluster.
+    Memory stays at one chunk per worker whatever ``nspectrum`` is. Returns the store path.
     """
     from dzspec.io import store as zstore
 
-    wavelength = MUSE_LIKE_WAVELENGTH[:nwave] if nwave <= MUSE_LIKE_WAVELENGTH.size else (
-        4750.0 + 1.25 * np.arange(nwave))
     root = zstore.open_root(path, mode="a")
-    template = synthetic_dataset(np.arange(1), wavelength, seed)
+    template = synthetic_dataset(np.arange(1), _synthetic_wavelength(nwave), seed)
     group = zstore.create_spectra_group(root, template, chunk_rows=chunk_rows)
     zstore.resize_spectra_group(group, nspectrum)
     step = int(group.attrs["chunk_rows"])
-    for start in range(0, nspectrum, step):
-        rows = np.arange(start, min(start + step, nspectrum))
-        zstore.write_rows(group, synthetic_dataset(rows, wavelength, seed), start)
+    starts = list(range(0, nspectrum, step))
+    stops = [min(start + step, nspectrum) for start in starts]
+    n = len(starts)
+    list(mapper(write_synthetic_chunk, [str(path)] * n, [group.path] * n, starts, stops, [nwave] * n, [seed] * n))
     zstore.set_manifest(group, [{"sha256": f"synthetic-seed{seed}-n{nspectrum}", "path": "<synthetic>",
                                  "reader": "synthetic", "row_start": 0, "nrows": nspectrum, "status": "done"}])
     return Path(path)
+
+
+def write_synthetic_chunk(path: str, group: str, start: int, stop: int, nwave: int, seed: int) -> int:
+    """Write synthetic rows ``[start, stop)`` (one whole chunk) into an existing group; returns rows written."""
+    from dzspec.io import store as zstore
+
+    target = zstore.open_root(path, mode="r+")[group]
+    dataset = synthetic_dataset(np.arange(start, stop), _synthetic_wavelength(nwave), seed)
+    zstore.write_rows(target, dataset.assign_coords(source_row=("spectrum", np.arange(start, stop))), start)
+    return stop - start
+
+
+def _synthetic_wavelength(nwave: int) -> np.ndarray:
+    return 4750.0 + 1.25 * np.arange(nwave)

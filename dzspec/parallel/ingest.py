@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 from distributed import Client
 
+from dzspec._version import __version__
 from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError
 from dzspec.io import store as zstore
 from dzspec.io.registry import read_spectra
@@ -272,8 +273,10 @@ def _ingest_group(client: Client, root: Any, store: str, group_path: str, member
                 continue
             entry["path"] = probe.path
         else:
+            attrs = probe.template.attrs
             entry = {"sha256": probe.sha256, "path": probe.path, "reader": probe.reader, "row_start": nrows,
-                     "nrows": probe.nrows, "status": "pending"}
+                     "nrows": probe.nrows, "status": "pending", "medium_original": attrs.get("medium_original"),
+                     "flux_scale_applied": attrs.get("flux_scale_applied"), "dzspec_version": __version__}
             index_of[probe.sha256] = len(manifest)
             manifest.append(entry)
             nrows += probe.nrows

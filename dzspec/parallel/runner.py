@@ -97,7 +97,8 @@ def _block_task(
         zstore.write_block(target, start, outputs)
         zstore.mark_block_done(target, block)
     except Exception as exc:
-        raise BlockFailed(f"{store}/{results}: block {block} (rows {start}:{stop}): {type(exc).__name__}: {exc}") from exc
+        where = f"{store}/{results}: block {block} (rows {start}:{stop})"
+        raise BlockFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
     return block, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
