@@ -38,7 +38,7 @@ def _client(args: argparse.Namespace) -> Any:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from dzspec.parallel.ingest import ingest
 
-    options = {"keep_resolution": True} if args.keep_resolution else {}
+    options = {"desi": {"keep_resolution": True}} if args.keep_resolution else {}
     with _client(args) as client:
         report = ingest(args.inputs, args.store, client, format=args.format, options=options,
                         chunk_bytes=int(args.chunk_mb * 2**20), progress=not args.no_progress)

@@ -85,9 +85,11 @@ def synthetic_dataset(
 
 def write_synthetic_files(
     directory: str | PathLike[str], nfiles: int, spectra_per_file: int, seed: int = 0,
-    wavelength: np.ndarray = MUSE_LIKE_WAVELENGTH,
+    wavelength: np.ndarray = MUSE_LIKE_WAVELENGTH, first_row: int = 0,
 ) -> list[Path]:
     """Write ``nfiles`` generic-format ``.npz`` files (keys wave, flux, ivar, targetid, z_true).
+
+    File ``i`` holds the synthetic rows ``first_row + i * spectra_per_file`` onwards (targetid 10000000 + row).
 
     Examples
     --------
@@ -100,7 +102,7 @@ def write_synthetic_files(
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(nfiles):
-        rows = np.arange(index * spectra_per_file, (index + 1) * spectra_per_file)
+        rows = first_row + np.arange(index * spectra_per_file, (index + 1) * spectra_per_file)
         arrays = synthetic_arrays(rows, wavelength, seed)
         path = directory / f"synthetic-{index:04d}.npz"
         np.savez(path, wave=wavelength, medium="vacuum", **arrays)

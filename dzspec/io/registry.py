@@ -13,6 +13,7 @@ Readers are tried in decreasing ``priority`` so that specific formats (DESI, MUS
 from __future__ import annotations
 
 import gzip
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +68,13 @@ class FileProbe:
         if self.kind != "fits":
             return ()
         from astropy.io import fits
+        from astropy.utils.exceptions import AstropyWarning
 
         out = []
-        with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+        # A truncated or non-standard file makes astropy warn here; the reader then raises an InputError that
+        # names the file, so the probe stays quiet.
+        with warnings.catch_warnings(), fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            warnings.simplefilter("ignore", AstropyWarning)
             for index, hdu in enumerate(hdul):
                 header = hdu.header
                 is_table = header.get("XTENSION", "") in ("BINTABLE", "TABLE")

@@ -31,13 +31,16 @@ from distributed import Client
 from dzspec._version import __version__
 from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError
 from dzspec.io import store as zstore
-from dzspec.io.registry import read_spectra
+from dzspec.io.registry import identify_format, read_spectra
 from dzspec.parallel.bounded import map_bounded
 from dzspec.schema import IngestWarn, file_sha256
 
 __all__ = ["IngestReport", "expand_inputs", "ingest"]
 
 log = logging.getLogger(__name__)
+
+#: Reader options by reader name: ``{"desi": {"keep_resolution": True}}``.
+ReaderOptions = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass
@@ -89,16 +92,17 @@ class _Probe:
     skipped: bool = False
 
 
-def _probe_file(path: str, fmt: str | None, options: Mapping[str, Any], done: frozenset[str]) -> _Probe:
+def _probe_file(path: str, fmt: str | None, options: ReaderOptions, done: frozenset[str]) -> _Probe:
     probe = _Probe(path, sha256=file_sha256(path) if Path(path).is_file() else "")
     if probe.sha256 in done:
         probe.skipped = True
         return probe
+    reader = fmt or identify_format(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DzspecWarning)
-        ds = read_spectra(path, fmt, **options)
+        ds = read_spectra(path, reader, **options.get(reader, {}))
     probe.warnings = [str(w.message) for w in caught if issubclass(w.category, DzspecWarning)]
-    probe.reader = ds.attrs["reader"]
+    probe.reader = reader
     probe.grid_name = ds.attrs["grid_name"]
     probe.nrows = ds.sizes["spectrum"]
     probe.template = ds.isel(spectrum=slice(0, 1)).copy(deep=True)
@@ -106,7 +110,7 @@ def _probe_file(path: str, fmt: str | None, options: Mapping[str, Any], done: fr
 
 
 def _write_chunk(store: str, group: str, pieces: list[tuple[str, str, int, int, int, int]],
-                 fmt: str | None, options: Mapping[str, Any]) -> int:
+                 options: ReaderOptions) -> int:
     """Write the pieces ``(path, reader, code, file_lo, file_hi, dest_lo)`` that make up one store chunk."""
     target = zstore.open_root(store, mode="r+")[group]
     cache: dict[str, xr.Dataset] = {}
@@ -115,7 +119,7 @@ def _write_chunk(store: str, group: str, pieces: list[tuple[str, str, int, int, 
         if path not in cache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DzspecWarning)  # already reported by the probe
-                cache[path] = read_spectra(path, reader, **options)
+                cache[path] = read_spectra(path, reader, **options.get(reader, {}))
         part = cache[path].isel(spectrum=slice(lo, hi))
         part = part.assign_coords(source_file=("spectrum", np.full(hi - lo, code, np.int32)))
         zstore.write_rows(target, part, dest)
@@ -166,7 +170,7 @@ def ingest(
     client: Client,
     *,
     format: str | None = None,
-    options: Mapping[str, Any] | None = None,
+    options: ReaderOptions | None = None,
     chunk_rows: int | None = None,
     chunk_bytes: int = zstore.DEFAULT_CHUNK_BYTES,
     progress: bool = True,
@@ -184,7 +188,8 @@ def ingest(
     format
         A reader name for every file (default: detected per file from its content).
     options
-        Reader options (e.g. ``{"keep_resolution": True}``).
+        Reader options by reader name, each applied only to the files that reader reads
+        (e.g. ``{"desi": {"keep_resolution": True}, "muse_cube": {"radius": 2.0}}``).
     chunk_rows, chunk_bytes
         Spectra per chunk of a *new* group (default: from the byte budget, see
         :func:`dzspec.io.store.chunk_rows_for`).
@@ -196,7 +201,7 @@ def ingest(
     IngestReport
         Per-file outcome; ``report.ok`` is False if any file failed (the others are ingested regardless).
     """
-    options = dict(options or {})
+    options = {name: dict(values) for name, values in (options or {}).items()}
     store = str(Path(store).resolve())
     report = IngestReport(store)
     paths = [str(p) for p in expand_inputs(inputs)]
@@ -233,16 +238,16 @@ def ingest(
         by_group[f"spectra/{probe.grid_name}"].append(probe)
 
     for group_path, members in by_group.items():
-        _ingest_group(client, root, store, group_path, members, report, format, options, chunk_rows,
-                      chunk_bytes, progress)
+        _ingest_group(client, root, store, group_path, members, report, options, chunk_rows, chunk_bytes,
+                      progress)
     for group_path in zstore.spectra_groups(root):
         report.groups[group_path] = int(root[group_path]["flux"].shape[0])
     log.info(report.summary())
     return report
 
 
-def _ingest_group(client: Client, root: Any, store: str, group_path: str, members: list[_Probe], report: IngestReport,
-                  fmt: str | None, options: Mapping[str, Any], chunk_rows: int | None, chunk_bytes: int,
+def _ingest_group(client: Client, root: Any, store: str, group_path: str, members: list[_Probe],
+                  report: IngestReport, options: ReaderOptions, chunk_rows: int | None, chunk_bytes: int,
                   progress: bool) -> None:
     first = members[0].template
     assert first is not None
@@ -297,7 +302,7 @@ def _ingest_group(client: Client, root: Any, store: str, group_path: str, member
     codes = {entry["sha256"]: index_of[entry["sha256"]] for entry in to_write}
     chunks = _chunk_tasks(to_write, codes, int(group.attrs["chunk_rows"]))
     failed_chunks: dict[int, str] = {}
-    tasks = ((chunk, (store, group_path, pieces, fmt, options)) for chunk, pieces in sorted(chunks.items()))
+    tasks = ((chunk, (store, group_path, pieces, options)) for chunk, pieces in sorted(chunks.items()))
     for chunk, _, error in map_bounded(client, _write_chunk, tasks, retries=1, desc=f"write {group_path}",
                                        total=len(chunks), progress=progress):
         if error is not None:
