@@ -257,8 +257,8 @@ def ensure_spectrum_arrays(group: zarr.Group, ds: xr.Dataset) -> None:
             raise StoreError(f"{group.path}: {name!r} has {var.sizes['wavelength']} wavelengths, group {nwave}")
         # Per-pixel arrays wider than flux (e.g. DESI resolution) get proportionally fewer rows per chunk,
         # still a power of two so that they divide the flux chunk.
-        width = max(1, math.prod(extra) // max(1, nwave))
-        rows = max(1, chunk_rows >> (width.bit_length() - 1)) if width > 1 else chunk_rows
+        width = max(1, math.ceil(math.prod(extra) / max(1, nwave)))
+        rows = max(1, chunk_rows >> (width - 1).bit_length())
         _create(group, name, (nspec, *extra), (rows, *extra), dtype, fill, tuple(var.dims), var.attrs)
         created = True
     if created:

@@ -116,3 +116,18 @@ def test_kernel_ran_over_the_real_desi_spectra(real_store):
     spectra = zstore.open_spectra(store, group)
     assert results.sizes["spectrum"] == spectra.sizes["spectrum"] == 27
     np.testing.assert_array_equal(results.ngood.values, (spectra.ivar.values > 0).sum(axis=1))
+
+
+def test_desi_resolution_is_kept_on_request_with_smaller_chunks(tmp_path, shared_data):
+    path = shared_data / REAL_FILES[0]
+    store = tmp_path / "res.zarr"
+    with make_client(n_workers=1, processes=False) as client:
+        report = ingest([path], store, client, options={"desi": {"keep_resolution": True}}, progress=False)
+    assert report.ok, report.summary()
+    ds = zstore.open_spectra(store)
+    direct = read_spectra(path, "desi", keep_resolution=True)
+    assert ds.resolution.dims == ("spectrum", "diagonal", "wavelength")
+    np.testing.assert_array_equal(ds.resolution.values, direct.resolution.values)
+    flux_rows, resolution_rows = ds.flux.encoding["chunks"][0], ds.resolution.encoding["chunks"][0]
+    assert flux_rows % resolution_rows == 0
+    assert resolution_rows * 11 * ds.sizes["wavelength"] * 4 <= 64 * 2**20
