@@ -160,9 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dzspec`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="dzspec: %(message)s")
-    for noisy in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our own stage messages only; distributed keeps its own handlers and levels.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("dzspec: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log.propagate = False
     from dzspec.errors import InputError, StoreError
 
     try:

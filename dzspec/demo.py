@@ -26,11 +26,14 @@ def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int =
     inputs = write_synthetic_files(out / "inputs", nfiles=nfiles, spectra_per_file=spectra_per_file, seed=42)
     print(f"simulated {nfiles} input files of {spectra_per_file} spectra in {out / 'inputs'}")
     store = out / "spectra.zarr"
-    report = ingest(inputs, store, client, progress=progress)
+    # Chunks of 512 spectra (8 MB of flux) rather than the production 64 MB, so that the runner has several
+    # blocks to spread over the workers even in this small demo.
+    report = ingest(inputs, store, client, chunk_rows=512, progress=progress)
     print(report.summary())
     problems = [p for p in validate_store(store) if p.severity == "error"]
     for problem in problems:
         print(problem)
+    print(f"validate: {store} is {'INVALID' if problems else 'valid'}")
     run = run_kernel(store, SUMMARY, client, progress=progress)
     print(run.summary())
     spectra = open_spectra(store)

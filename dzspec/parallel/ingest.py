@@ -242,7 +242,6 @@ def ingest(
                       progress)
     for group_path in zstore.spectra_groups(root):
         report.groups[group_path] = int(root[group_path]["flux"].shape[0])
-    log.info(report.summary())
     return report
 
 

@@ -225,5 +225,4 @@ def run_kernel(
     report.seconds = time.perf_counter() - t0
     all_done = bool(zstore.done_blocks(target).all())
     target.attrs["status"] = "complete" if all_done else "incomplete"
-    log.info(report.summary())
     return report
