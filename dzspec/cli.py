@@ -41,7 +41,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     options = {"desi": {"keep_resolution": True}} if args.keep_resolution else {}
     with _client(args) as client:
         report = ingest(args.inputs, args.store, client, format=args.format, options=options,
-                        chunk_bytes=int(args.chunk_mb * 2**20), progress=not args.no_progress)
+                        chunk_bytes=int(args.chunk_mb * 2**20), skip_unknown=args.skip_unknown,
+                        progress=not args.no_progress)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -60,7 +61,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from dzspec.io import store as zstore
-    from dzspec.io.validate import _results_groups
 
     root = zstore.open_root(args.store)
     for group_path in zstore.spectra_groups(root):
@@ -69,10 +69,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         pending = sum(e["status"] != "done" for e in manifest)
         print(f"{group_path}: {group['flux'].shape[0]} spectra x {group['wavelength'].shape[0]} wavelengths, "
               f"chunk {group.attrs['chunk_rows']}; {len(manifest)} input files ({pending} pending)")
-    if "results" in root:
-        for path, group in _results_groups(root["results"], "results"):
-            done = zstore.done_blocks(group)
-            print(f"{path}: {int(done.sum())}/{done.size} blocks done, status {group.attrs.get('status')}")
+    for path, group in zstore.results_groups(root):
+        done = zstore.done_blocks(group)
+        print(f"{path}: {int(done.sum())}/{done.size} blocks done, status {group.attrs.get('status')}")
     return 0
 
 
@@ -118,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the Zarr store (created if missing)")
     p.add_argument("--format", help="reader name for every file (default: detected from each file's content)")
     p.add_argument("--keep-resolution", action="store_true", help="keep DESI resolution matrices")
+    p.add_argument("--skip-unknown", action="store_true", help="report files no reader recognises as skipped, "
+                   "not failed (for directories holding catalogues, READMEs...)")
     p.add_argument("--chunk-mb", type=float, default=64.0, help="flux bytes per chunk of a new group (MiB)")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_ingest)

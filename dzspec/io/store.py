@@ -138,6 +138,19 @@ def spectra_groups(root: zarr.Group) -> list[str]:
     return sorted(f"spectra/{name}" for name, _ in root["spectra"].groups())
 
 
+def results_groups(root: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """``(path, group)`` of every results group (a group holding ``block_done``) under ``results/``."""
+
+    def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Group]]:
+        found = []
+        for name, child in sorted(group.groups()):
+            path = f"{prefix}/{name}"
+            found += [(path, child)] if "block_done" in child else walk(child, path)
+        return found
+
+    return walk(root["results"], "results") if "results" in root else []
+
+
 def resolve_spectra_group(root: zarr.Group, group: str | None) -> str:
     """The spectra group to use: the given one (``<grid>`` or ``spectra/<grid>``), or the only one."""
     groups = spectra_groups(root)

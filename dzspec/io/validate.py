@@ -62,18 +62,9 @@ def validate_store(path: str | PathLike[str], *, check_values: bool = True) -> l
         problems.append(Problem(str(path), "no spectra groups", "warning"))
     for group_path in groups:
         problems += _check_spectra_group(root[group_path], group_path, check_values)
-    if "results" in root:
-        for group_path, group in _results_groups(root["results"], "results"):
-            problems += _check_results_group(group, group_path)
+    for group_path, group in zstore.results_groups(root):
+        problems += _check_results_group(group, group_path)
     return problems
-
-
-def _results_groups(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Group]]:
-    found = []
-    for name, child in group.groups():
-        path = f"{prefix}/{name}"
-        found += [(path, child)] if "block_done" in child else _results_groups(child, path)
-    return found
 
 
 def _check_spectra_group(group: zarr.Group, where: str, check_values: bool) -> list[Problem]:

@@ -29,7 +29,7 @@ import xarray as xr
 from distributed import Client
 
 from dzspec._version import __version__
-from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError
+from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError, UnknownFormatError
 from dzspec.io import store as zstore
 from dzspec.io.registry import identify_format, read_spectra
 from dzspec.parallel.bounded import map_bounded
@@ -173,6 +173,7 @@ def ingest(
     options: ReaderOptions | None = None,
     chunk_rows: int | None = None,
     chunk_bytes: int = zstore.DEFAULT_CHUNK_BYTES,
+    skip_unknown: bool = False,
     progress: bool = True,
 ) -> IngestReport:
     """Ingest files (or directories of files) into a store, one spectra group per wavelength grid.
@@ -193,6 +194,8 @@ def ingest(
     chunk_rows, chunk_bytes
         Spectra per chunk of a *new* group (default: from the byte budget, see
         :func:`dzspec.io.store.chunk_rows_for`).
+    skip_unknown
+        Report files that no reader recognises as skipped instead of failed.
     progress
         Show progress bars.
 
@@ -217,7 +220,9 @@ def ingest(
     tasks = ((i, (path, format, options, frozenset(done))) for i, path in enumerate(paths))
     for index, probe, error in map_bounded(client, _probe_file, tasks, desc="probe", total=len(paths),
                                            progress=progress):
-        if error is not None:
+        if skip_unknown and isinstance(error, UnknownFormatError):
+            report.skipped[paths[index]] = "no reader recognises it"
+        elif error is not None:
             report.failed[paths[index]] = str(error) if isinstance(error, InputError) else (
                 f"{paths[index]}: {type(error).__name__}: {error}")
         elif probe.skipped:

@@ -108,6 +108,11 @@ def test_bad_files_are_reported_and_the_rest_ingested(tmp_path, client):
     assert not report.ok and "FAILED" in report.summary()
     assert all(paths[0].name not in name for name in report.failed)
 
+    lenient = _ingest([tmp_path / "in"], tmp_path / "s.zarr", client, skip_unknown=True)
+    skipped = {name.rsplit("/", 1)[-1] for name in lenient.skipped}
+    assert skipped == {"notes.txt", *(p.name for p in paths)}  # unknown, and already ingested
+    assert {name.rsplit("/", 1)[-1] for name in lenient.failed} == {"short.npz", "truncated.fits"}
+
 
 def test_bad_spectra_warn_with_file_and_rows_and_duplicates_are_flagged(tmp_path, client):
     arrays = synthetic_arrays(np.arange(4), WAVE)
