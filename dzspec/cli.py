@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     log.propagate = False
+    warnings.formatwarning = lambda message, category, *_, **__: f"dzspec: {category.__name__}: {message}\n"
     from dzspec.errors import InputError, StoreError
 
     try:

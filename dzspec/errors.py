@@ -51,6 +51,10 @@ class InputError(ValueError):
         where = f"{self.path}: row {row}: " if row is not None else f"{self.path}: "
         super().__init__(where + problem)
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str, int | None]]:
+        # Errors travel from Dask workers to the client by pickle, which would call __init__(message) otherwise.
+        return (type(self), (self.path, self.problem, self.row))
+
 
 class UnknownFormatError(InputError):
     """No registered reader recognises the file's content."""

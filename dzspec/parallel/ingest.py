@@ -50,7 +50,7 @@ class IngestReport:
     store: str
     ingested: dict[str, int] = field(default_factory=dict)  # path -> spectra written
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why (already in the store, duplicate)
-    failed: dict[str, str] = field(default_factory=dict)  # path -> error
+    failed: dict[str, str] = field(default_factory=dict)  # path -> error message (which names the path)
     groups: dict[str, int] = field(default_factory=dict)  # spectra group -> total spectra after ingest
 
     @property
@@ -64,7 +64,7 @@ class IngestReport:
         ]
         lines += [f"  {group}: {n} spectra" for group, n in sorted(self.groups.items())]
         lines += [f"  skipped {path}: {why}" for path, why in sorted(self.skipped.items())[:20]]
-        lines += [f"  FAILED {path}: {error}" for path, error in sorted(self.failed.items())]
+        lines += [f"  FAILED {error}" for _, error in sorted(self.failed.items())]  # errors name their file
         return "\n".join(lines)
 
 
@@ -90,6 +90,7 @@ class _Probe:
     template: xr.Dataset | None = None
     warnings: list[str] = field(default_factory=list)
     skipped: bool = False
+    error: InputError | None = None
 
 
 def _probe_file(path: str, fmt: str | None, options: ReaderOptions, done: frozenset[str]) -> _Probe:
@@ -97,10 +98,15 @@ def _probe_file(path: str, fmt: str | None, options: ReaderOptions, done: frozen
     if probe.sha256 in done:
         probe.skipped = True
         return probe
-    reader = fmt or identify_format(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DzspecWarning)
-        ds = read_spectra(path, reader, **options.get(reader, {}))
+    # A bad file is an expected outcome, returned as data: raising would make every worker log a traceback.
+    try:
+        reader = fmt or identify_format(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DzspecWarning)
+            ds = read_spectra(path, reader, **options.get(reader, {}))
+    except InputError as exc:
+        probe.error = exc
+        return probe
     probe.warnings = [str(w.message) for w in caught if issubclass(w.category, DzspecWarning)]
     probe.reader = reader
     probe.grid_name = ds.attrs["grid_name"]
@@ -220,6 +226,7 @@ def ingest(
     tasks = ((i, (path, format, options, frozenset(done))) for i, path in enumerate(paths))
     for index, probe, error in map_bounded(client, _probe_file, tasks, desc="probe", total=len(paths),
                                            progress=progress):
+        error = error or probe.error
         if skip_unknown and isinstance(error, UnknownFormatError):
             report.skipped[paths[index]] = "no reader recognises it"
         elif error is not None:

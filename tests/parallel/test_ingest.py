@@ -153,3 +153,5 @@ def test_cli_ingest_validate_status_and_run(tmp_path, capsys):
         warnings.simplefilter("error")
         assert main(["ingest", str(tmp_path / "nothing.txt"), "--store", store, "--workers", "1",
                      "--no-progress"]) == 1
+    # The error crossed a process boundary (worker -> client) and still names the file and the problem.
+    assert f"FAILED {tmp_path / 'nothing.txt'}: file not found" in capsys.readouterr().out
