@@ -130,8 +130,8 @@ def _prepare_results(
                 raise StoreError(f"{store}/{results}: cannot resume: plan {existing.get('plan')} differs from "
                                  f"{plan.as_dict()}; rerun with the same block size or --overwrite")
             return
-    targetid = root[spectra]["targetid"][:] if "targetid" in root[spectra] else [-1] * plan.nspectrum
-    zstore.create_results_group(root, results, plan, kernel.output_specs(params), attrs, targetid)
+    zstore.create_results_group(root, results, plan, kernel.output_specs(params), attrs,
+                                root[spectra]["targetid"][:])
 
 
 def run_kernel(
@@ -185,7 +185,7 @@ def run_kernel(
     if resume and overwrite:
         raise ValueError("resume and overwrite are mutually exclusive")
     params = dict(params or {})
-    store = str(Path(store))
+    store = str(Path(store).resolve())  # workers may run in another directory
     t0 = time.perf_counter()
     log.info("building plan for %s", store)
     root = zstore.open_root(store, mode="r+")
