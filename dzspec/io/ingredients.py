@@ -1,0 +1,111 @@
+"""Optional simulation ingredients read from files the user points at (the simulators run without them).
+
+Each loader returns plain NumPy containers from :mod:`dzspec.kernels.simulate`, so the kernels never do I/O.
+"""
+
+from __future__ import annotations
+
+import gzip
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from dzspec.errors import InputError
+from dzspec.kernels.simulate.sky import SkySpectrum
+
+__all__ = ["load_filter", "load_sky_spectrum", "load_table_columns"]
+
+
+def load_sky_spectrum(path: str | PathLike[str], line_fwhm: float | None = None) -> SkySpectrum:
+    """Read an observed or model sky spectrum: a FITS table with ``wavelength`` and ``flux`` columns (the UVES
+    atlas) or a whitespace text table (optionally gzipped) whose first two numeric columns are wavelength and
+    flux (the DESI/SDSS ``spec-sky*.dat`` models; rows whose wavelength column is not a number are skipped).
+
+    Parameters
+    ----------
+    path
+        The file; wavelengths must be vacuum Angstrom and flux 1e-17 erg/s/cm2/A/arcsec2.
+    line_fwhm
+        The FWHM (Angstrom) of the lines as sampled in the file; default 0.15 Angstrom (UVES, R~40000) for
+        FITS, 0.1 for text models.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".fits", ".fit") or path.name.lower().endswith(".fits.gz"):
+        from astropy.io import fits
+
+        with fits.open(path) as hdul:
+            table = next((h for h in hdul if getattr(h, "columns", None) is not None), None)
+            if table is None:
+                raise InputError(path, "no table HDU with wavelength and flux columns")
+            names = {n.lower(): n for n in table.columns.names}
+            if "wavelength" not in names or "flux" not in names:
+                raise InputError(path, f"sky table needs wavelength and flux columns, has {table.columns.names}")
+            wave = np.asarray(table.data[names["wavelength"]], dtype=np.float64)
+            flux = np.asarray(table.data[names["flux"]], dtype=np.float64)
+        fwhm = 0.15 if line_fwhm is None else line_fwhm
+    else:
+        opener = gzip.open if path.suffix == ".gz" else open
+        rows = []
+        with opener(path, "rt") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) < 2 or line.lstrip().startswith("#"):
+                    continue
+                try:
+                    rows.append((float(parts[0]), float(parts[1])))
+                except ValueError:
+                    continue  # header words, or the grey/bright files' columns that are "" below 3500 A
+        if not rows:
+            raise InputError(path, "no numeric wavelength/flux rows")
+        wave, flux = np.asarray(rows).T
+        fwhm = 0.1 if line_fwhm is None else line_fwhm
+    order = np.argsort(wave, kind="stable")
+    wave, flux = wave[order], flux[order]
+    keep = np.concatenate([[True], np.diff(wave) > 0]) & np.isfinite(flux)
+    return SkySpectrum(wave[keep], np.clip(flux[keep], 0.0, None), line_fwhm=fwhm, source=str(path))
+
+
+def load_filter(path: str | PathLike[str], name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A bandpass as (wavelength in Angstrom, throughput): a speclite ``.ecsv`` curve, or one HDU (``name``) of
+    mpdaf's ``filter_list.fits`` (wavelength column ``lambda``, throughput ``throughput``)."""
+    path = Path(path)
+    if path.suffix == ".ecsv":
+        from astropy.table import Table
+
+        table = Table.read(path, format="ascii.ecsv")
+        return np.asarray(table.columns[0], dtype=np.float64), np.asarray(table.columns[1], dtype=np.float64)
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        if name is None or name.upper() not in [h.name for h in hdul]:
+            known = [h.name for h in hdul[1:]]
+            raise InputError(path, f"choose a filter name among {known[:20]}...")
+        data = hdul[name.upper()].data
+        cols = [c.lower() for c in data.columns.names]
+        wave = np.asarray(data.field(cols.index("lambda") if "lambda" in cols else 0), dtype=np.float64)
+        throughput = np.asarray(data.field(cols.index("throughput") if "throughput" in cols else 1),
+                                dtype=np.float64)
+    return wave, throughput
+
+
+def load_table_columns(path: str | PathLike[str], columns: list[str]) -> dict[str, np.ndarray]:
+    """Numeric columns of the first table HDU of a FITS file (e.g. the UDF-10 catalogue used as a prior).
+
+    Missing values (masked or NaN) come back as NaN.
+    """
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        table = next((h for h in hdul if getattr(h, "columns", None) is not None), None)
+        if table is None:
+            raise InputError(path, "no table HDU")
+        names = {n.upper(): n for n in table.columns.names}
+        missing = [c for c in columns if c.upper() not in names]
+        if missing:
+            raise InputError(path, f"missing columns {missing}")
+        out = {}
+        for column in columns:
+            values = np.ma.filled(np.ma.asarray(table.data[names[column.upper()]]).astype(np.float64), np.nan)
+            out[column] = np.asarray(values)
+    return out

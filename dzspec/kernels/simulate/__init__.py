@@ -1,0 +1,1 @@
+"""Simulators of MUSE-like and DESI-like spectra with known truth (pure NumPy)."""
