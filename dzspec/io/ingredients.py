@@ -20,7 +20,8 @@ __all__ = ["load_filter", "load_sky_spectrum", "load_table_columns"]
 def load_sky_spectrum(path: str | PathLike[str], line_fwhm: float | None = None) -> SkySpectrum:
     """Read an observed or model sky spectrum: a FITS table with ``wavelength`` and ``flux`` columns (the UVES
     atlas) or a whitespace text table (optionally gzipped) whose first two numeric columns are wavelength and
-    flux (the DESI/SDSS ``spec-sky*.dat`` models; rows whose wavelength column is not a number are skipped).
+    flux (the DESI/SDSS ``spec-sky*.dat`` models, whose grey/bright variants split the wavelength between
+    columns 1 and 3).
 
     Parameters
     ----------
@@ -52,10 +53,13 @@ def load_sky_spectrum(path: str | PathLike[str], line_fwhm: float | None = None)
                 parts = line.split()
                 if len(parts) < 2 or line.lstrip().startswith("#"):
                     continue
+                # The grey/bright DESI models keep the wavelength in column 1 below 3500 A and in column 3
+                # above, with "" in the other; header words fail the conversion and are skipped.
+                wave_text = parts[0] if parts[0] != '""' else (parts[2] if len(parts) > 2 else "")
                 try:
-                    rows.append((float(parts[0]), float(parts[1])))
+                    rows.append((float(wave_text), float(parts[1])))
                 except ValueError:
-                    continue  # header words, or the grey/bright files' columns that are "" below 3500 A
+                    continue
         if not rows:
             raise InputError(path, "no numeric wavelength/flux rows")
         wave, flux = np.asarray(rows).T
