@@ -8,12 +8,14 @@ Everything is a pure function of ``seed`` and the row index, whatever the chunki
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from dzspec.kernels.simulate.common import SimulatedBlock
 from dzspec.schema import SURVEYS, code_of, make_spectra_dataset
 
 __all__ = [
@@ -148,3 +150,48 @@ def write_synthetic_chunk(path: str, group: str, start: int, stop: int, nwave: i
 
 def _synthetic_wavelength(nwave: int) -> np.ndarray:
     return 4750.0 + 1.25 * np.arange(nwave)
+
+
+# --------------------------------------------------------------------------- a toy simulator for the runner tests
+
+#: Grid name and classes of :func:`toy_simulate_block`.
+TOY_GRID_NAME = "toy-4750-1.25-64"
+TOY_CLASSES = ("line", "noise")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Configuration of the toy simulator: exposures per target (0: none)."""
+
+    nexp: int = 0
+
+
+def load_toy_ingredients(**paths: str) -> dict[str, str]:
+    """The toy simulator's 'ingredients': the paths themselves."""
+    return dict(paths)
+
+
+def toy_simulate_block(rows: np.ndarray, seed: int, config: ToyConfig, ingredients: object) -> SimulatedBlock:
+    """A tiny deterministic simulator (64 pixels) with the real simulators' contract, for runner tests.
+
+    With ``config.nexp`` exposures, each target's coadd is the inverse-variance mean of its exposures.
+    """
+    wavelength = _synthetic_wavelength(64)
+    rows = np.asarray(rows)
+    arrays = synthetic_arrays(rows, wavelength, seed)
+    truth = {"z_true": arrays["z_true"], "sim_class": (rows % 2).astype(np.int8),
+             "exptime": np.full(rows.size, 1000.0 * max(config.nexp, 1), np.float32)}
+    exposures = None
+    flux, ivar = arrays["flux"], arrays["ivar"]
+    if config.nexp:
+        exp_rows = (rows[:, None] * config.nexp + np.arange(config.nexp)).ravel() + 10**9
+        single = synthetic_arrays(exp_rows, wavelength, seed)
+        exp_flux = single["flux"].reshape(rows.size, config.nexp, -1)
+        exp_ivar = single["ivar"].reshape(rows.size, config.nexp, -1)
+        ivar = exp_ivar.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            flux = np.where(ivar > 0, (exp_flux * exp_ivar).sum(axis=1) / ivar, 0.0).astype(np.float32)
+        exposures = SimulatedBlock(wavelength, single["flux"], single["ivar"],
+                                   {"expid": np.tile(np.arange(config.nexp), rows.size).astype(np.int32),
+                                    "exptime": np.full(rows.size * config.nexp, 1000.0, np.float32)})
+    return SimulatedBlock(wavelength, flux, ivar, truth, exposures=exposures)

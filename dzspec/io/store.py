@@ -353,14 +353,19 @@ def create_results_group(
                 ("spectrum", *spec.dims), spec.attrs)
     tid = _create(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
     tid[:] = targetid
-    # block_done: chunk 1, never sharded, so that setting one flag rewrites one tiny object.
-    _create(group, "block_done", (plan.nblocks,), (1,), "bool", False, ("block",),
-            {"description": "True once the block's outputs are completely written"})
+    create_block_flags(group, plan.nblocks)
     for name in outputs:
         group[name].attrs["coordinates"] = "targetid"
     group.attrs.update(_jsonable({**attrs, "plan": plan.as_dict(), "status": "running",
                                   "dzspec_version": __version__}))
     return group
+
+
+def create_block_flags(group: zarr.Group, nblocks: int) -> zarr.Array:
+    """The ``block_done`` array of a group: bool, all False, chunk 1 and never sharded, so that setting one
+    flag rewrites one tiny object and no two tasks ever share one."""
+    return _create(group, "block_done", (nblocks,), (1,), "bool", False, ("block",),
+                   {"description": "True once the block's outputs are completely written"})
 
 
 def write_block(group: zarr.Group, start: int, values: Mapping[str, np.ndarray]) -> None:
