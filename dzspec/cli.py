@@ -1,4 +1,4 @@
-"""The ``dzspec`` command line: ingest, validate, status, run-kernel, formats, demo.
+"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, gallery, formats, demo.
 
 Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
 clusters need a ``__main__`` guard, the console script has one).
@@ -88,6 +88,27 @@ def _cmd_run_kernel(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from dzspec.simulate import simulate
+
+    paths = dict(item.split("=", 1) for item in args.ingredient or [])
+    with _client(args) as client:
+        report = simulate(args.store, args.survey, args.n, client, seed=args.seed, ingredient_paths=paths,
+                          chunk_rows=args.chunk_rows, progress=not args.no_progress)
+    print(report.summary())
+    return 0 if report.complete else 1
+
+
+def _cmd_gallery(args: argparse.Namespace) -> int:
+    from importlib import import_module
+
+    module = import_module(f"dzspec.viz.gallery_{args.survey}")
+    shared = Path(args.shared_data) if args.shared_data else None
+    getattr(module, f"{args.survey}_gallery")(Path(args.out), shared, seed=args.seed)
+    print(f"gallery: {args.out}")
+    return 0
+
+
 def _cmd_formats(args: argparse.Namespace) -> int:
     from dzspec.io.registry import readers
 
@@ -146,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=2, help="retries per block for transient errors")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_run_kernel)
+
+    p = sub.add_parser("simulate", help="simulate a MUSE-like or DESI-like survey with known truth into a store")
+    p.add_argument("--survey", choices=("muse", "desi"), required=True)
+    p.add_argument("-n", "--n", type=int, required=True, help="number of spectra (targets)")
+    p.add_argument("--store", required=True, help="the Zarr store (created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="spectrum i depends only on (seed, survey, i)")
+    p.add_argument("--ingredient", action="append", metavar="NAME=PATH",
+                   help="optional ingredient file for the survey's loader, e.g. sky_path=sky-uves.fits")
+    p.add_argument("--chunk-rows", type=int, help="spectra per chunk of a new group (default: 64 MiB of flux)")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
+    p.add_argument("--survey", choices=("muse", "desi"), required=True)
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--shared-data", help="folder of real spectra to show beside (e.g. ../shared/data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_gallery)
 
     p = sub.add_parser("formats", help="list the registered readers")
     p.set_defaults(func=_cmd_formats)
