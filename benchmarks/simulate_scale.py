@@ -47,7 +47,8 @@ def main() -> int:
             if not args.keep:
                 shutil.rmtree(store, ignore_errors=True)
     cores = args.workers
-    header = f"{'spectra':>9} {'blocks':>6} {'wall s':>8} {'spectra/s/core':>15} {'peak RSS MiB':>13} {'GB on disk':>10}"
+    header = (f"{'spectra':>9} {'blocks':>6} {'wall s':>8} {'spectra/s/core':>15} {'peak RSS MiB':>13} "
+              f"{'GB on disk':>10}")
     print("\n" + header)
     for n, report, wall, _, disk in rows:
         print(f"{n:>9} {report.nblocks:>6} {wall:>8.1f} {n / wall / cores:>15.0f} "
