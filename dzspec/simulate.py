@@ -35,6 +35,7 @@ class SimulatorSpec:
     classes_attr: str
     ingredients_module: str
     ingredients_function: str
+    flags_attr: str | None = None
 
     def _kernel(self) -> Any:
         return import_module(self.module)
@@ -54,13 +55,19 @@ class SimulatorSpec:
         return getattr(self._kernel(), self.function)(rows, seed, config, ingredients)
 
     @property
+    def flags(self) -> Any:
+        """The IntFlag class of the ``sim_flags`` truth column, if the simulator has one."""
+        return getattr(self._kernel(), self.flags_attr) if self.flags_attr else None
+
+    @property
     def load_ingredients(self) -> Callable[..., Any]:
         return getattr(import_module(self.ingredients_module), self.ingredients_function)
 
 
 SIMULATORS: dict[str, SimulatorSpec] = {
     "muse": SimulatorSpec("muse", "dzspec.kernels.simulate.muse", "simulate_muse_block", "MuseSimConfig",
-                          "MUSE_GRID_NAME", "MUSE_CLASSES", "dzspec.io.muse_ingredients", "load_muse_ingredients"),
+                          "MUSE_GRID_NAME", "MUSE_CLASSES", "dzspec.io.muse_ingredients", "load_muse_ingredients",
+                          "MuseSimFlags"),
     "desi": SimulatorSpec("desi", "dzspec.kernels.simulate.desi", "simulate_desi_block", "DesiSimConfig",
                           "DESI_GRID_NAME", "DESI_SIM_CLASSES", "dzspec.io.desi_ingredients",
                           "load_desi_ingredients"),

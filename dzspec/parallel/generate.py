@@ -184,6 +184,9 @@ def generate_to_store(
         group = zstore.create_spectra_group(root, template, chunk_rows=chunk_rows)
     zstore.ensure_spectrum_arrays(group, template)
     group["sim_class"].attrs.update(flag_attrs(tuple(spec.classes)))
+    flags = getattr(spec, "flags", None)
+    if flags is not None and "sim_flags" in group:
+        group["sim_flags"].attrs.update(flag_attrs(flags))
 
     manifest = zstore.manifest_of(group)
     code = next((i for i, e in enumerate(manifest) if e["sha256"] == f"simulate:{run}"), None)
