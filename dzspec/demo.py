@@ -1,5 +1,8 @@
-"""The embedded default job behind ``dzspec demo``: simulated input files -> ingest -> validate -> block
-runner -> results and a plot. It needs no data beyond what it simulates."""
+"""The embedded default job behind ``dzspec demo``, needing no data beyond what it simulates:
+
+1. synthetic input files -> parallel ingest -> validate -> summary kernel through the block runner -> plot;
+2. a simulated MUSE-like survey written straight into the same store -> summary kernel -> gallery of its classes.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,17 @@ import numpy as np
 __all__ = ["run_demo"]
 
 
-def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int = 500, progress: bool = True) -> int:
+def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int = 500, muse_spectra: int = 2048,
+             progress: bool = True) -> int:
     """Run the demo into ``out`` (replaced if it exists) on ``client``; return a process exit code."""
     from dzspec.io.store import open_results, open_spectra
     from dzspec.io.validate import validate_store
     from dzspec.kernels.summary import SUMMARY
     from dzspec.parallel.ingest import ingest
     from dzspec.parallel.runner import run_kernel
+    from dzspec.simulate import simulate
     from dzspec.testing import write_synthetic_files
+    from dzspec.viz.gallery_muse import muse_gallery
 
     if out.exists():
         shutil.rmtree(out)
@@ -34,15 +40,31 @@ def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int =
     for problem in problems:
         print(problem)
     print(f"validate: {store} is {'INVALID' if problems else 'valid'}")
-    run = run_kernel(store, SUMMARY, client, progress=progress)
+    group = next(iter(report.groups))
+    run = run_kernel(store, SUMMARY, client, group=group, progress=progress)
     print(run.summary())
-    spectra = open_spectra(store)
+    spectra = open_spectra(store, group)
     results = open_results(store, run.results).compute()
     figure = _plot(spectra, results, out / "summary.png")
     snr = results["median_snr"].values
     print(f"median S/N per pixel: median {np.nanmedian(snr):.3f}, 90th percentile {np.nanpercentile(snr, 90):.3f}")
-    print(f"outputs: {store} (spectra and {run.results}), plot {figure}")
-    return 0 if report.ok and run.complete and not problems else 1
+
+    simulated = simulate(store, "muse", muse_spectra, client, seed=42, chunk_rows=512, progress=progress)
+    print(simulated.summary())
+    muse_run = run_kernel(store, SUMMARY, client, group=simulated.group, progress=progress)
+    print(muse_run.summary())
+    muse = open_spectra(store, simulated.group)
+    classes = muse.sim_class.attrs["flag_meanings"].split()
+    snr_cont = muse.snr_cont.values
+    for code, name in enumerate(classes):
+        members = muse.sim_class.values == code
+        print(f"  simulated {name:13s}: {int(members.sum()):5d} spectra, median snr_cont "
+              f"{np.nanmedian(snr_cont[members]) if members.any() else float('nan'):.2f}")
+    gallery = muse_gallery(out / "muse_gallery.png", None, seed=42)
+    print(f"outputs: {store} ({group} + {run.results}; {simulated.group} + {muse_run.results}), "
+          f"plots {figure} {gallery}")
+    ok = report.ok and run.complete and simulated.complete and muse_run.complete
+    return 0 if ok and not problems else 1
 
 
 def _plot(spectra: Any, results: Any, path: Path) -> Path:
