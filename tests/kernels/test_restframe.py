@@ -22,7 +22,7 @@ def test_flux_is_conserved_and_lines_land_at_rest_wavelength():
     z = 0.8
     line = 20.0 * np.exp(-0.5 * ((WAVE - 3728.0 * (1 + z)) / 2.0) ** 2)
     flux = 1.0 + 1e-4 * WAVE + line
-    f, w = to_log_grid(WAVE, flux, np.ones_like(WAVE), PAPER_GRID, z=z)
+    f, _ = to_log_grid(WAVE, flux, np.ones_like(WAVE), PAPER_GRID, z=z)
     observed_integral = np.trapezoid(flux, WAVE)
     assert abs(f[0].sum() * PAPER_GRID.step - observed_integral) < 1e-3 * observed_integral
     rest = PAPER_GRID.wavelength()
