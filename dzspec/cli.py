@@ -1,4 +1,4 @@
-"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, gallery, formats, demo.
+"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, gallery, formats, demo.
 
 Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
 clusters need a ``__main__`` guard, the console script has one).
@@ -99,6 +99,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dzspec.io.bases import save_basis
+    from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID
+    from dzspec.parallel.train import select_training_rows, train_basis
+
+    grid = {"paper": PAPER_GRID, "moose": MOOSE_GRID}[args.grid]
+    group, rows = select_training_rows(args.store, args.group, max_spectra=args.max_spectra, seed=args.seed)
+    with _client(args) as client:
+        result, training = train_basis(args.store, client, args.rank, group=group, rows=rows, grid=grid,
+                                       method=args.method, max_iter=args.max_iter, tol=args.tol, seed=args.seed,
+                                       block_rows=args.block_rows)
+    path = save_basis(args.out, args.name, result, grid, training_sha256=training, overwrite=args.overwrite,
+                      extra_attrs={"training_store": str(args.store), "training_group": group,
+                                   "training_spectra": int(rows.size)})
+    print(f"basis {args.out}/{path}: rank {args.rank}, {rows.size} spectra, iterations {result.iterations}, "
+          f"final chi2/pixel {result.chi2_history[-1]:.4g}")
+    return 0
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from importlib import import_module
 
@@ -178,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, help="spectra per chunk of a new group (default: 64 MiB of flux)")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train an NMF basis (nearly-NMF, sequential ranks) on spectra with known z")
+    p.add_argument("store", help="spectra store whose training rows have a finite z_true")
+    p.add_argument("--out", required=True, help="store to write the basis into (bases/<name>)")
+    p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
+    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--grid", choices=("paper", "moose"), default="paper", help="rest-frame grid constants")
+    p.add_argument("--method", choices=("nearly", "shift"), default="nearly")
+    p.add_argument("--max-iter", type=int, default=1300, help="iterations per rank at most")
+    p.add_argument("--tol", type=float, default=1e-3, help="stop when the relative chi2 decrease is below this")
+    p.add_argument("--max-spectra", type=int, help="train on a random subset of this size")
+    p.add_argument("--block-rows", type=int, default=256, help="spectra per worker-resident block")
+    p.add_argument("--seed", type=int, default=100921)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing basis of that name")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
     p.add_argument("--survey", choices=("muse", "desi"), required=True)

@@ -20,12 +20,24 @@ zeroes the basis there and returns the ``covered`` mask. Multiplicative updates 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["NMFResult", "chi2_per_pixel", "nearly_nmf_step", "shift_nmf_step", "shift_offset", "train_nmf"]
+__all__ = [
+    "NMFResult",
+    "basis_half_step",
+    "basis_terms",
+    "chi2_per_pixel",
+    "coefficient_half_step",
+    "nearly_nmf_step",
+    "run_schedule",
+    "shift_nmf_step",
+    "shift_offset",
+    "train_nmf",
+]
 
 Method = Literal["nearly", "shift"]
 _FLOOR = 1e-6
@@ -44,6 +56,34 @@ def _neg(a: np.ndarray) -> np.ndarray:
     return (np.abs(a) - a) / 2
 
 
+def coefficient_half_step(vx: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray,
+                          y0: float | None = None) -> np.ndarray:
+    """Update the coefficients of a block of spectra (rows are independent, so blocks can live on different
+    workers). Nearly-NMF when ``y0`` is None (``vx = V*X``), Shift-NMF otherwise (``vx = V*(X + y0)``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if y0 is None:
+            q = vx @ h.T
+            return _repair(w * _pos(q) / ((v * (w @ h)) @ h.T + _neg(q)))
+        return _repair(w * (vx @ h.T) / ((v * (w @ h + y0)) @ h.T))
+
+
+def basis_terms(vx: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray,
+                y0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A block's additive share ``(W^T V X, W^T V (W H [+ y0]))`` of the basis update: summed over blocks,
+    they give :func:`basis_half_step` its inputs (the sign split must follow the sum, not precede it)."""
+    model = w @ h if y0 is None else w @ h + y0
+    return w.T @ vx, w.T @ (v * model)
+
+
+def basis_half_step(h: np.ndarray, projection: np.ndarray, model_projection: np.ndarray,
+                    shift: bool = False) -> np.ndarray:
+    """Update the basis from the summed :func:`basis_terms`."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if shift:
+            return _repair(h * projection / model_projection)
+        return _repair(h * _pos(projection) / (model_projection + _neg(projection)))
+
+
 def nearly_nmf_step(vx: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One nearly-NMF iteration (coefficients, then basis). ``vx`` is ``V*X`` precomputed.
 
@@ -57,12 +97,8 @@ def nearly_nmf_step(vx: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray)
     >>> bool(chi2_per_pixel(x, v, w, h) <= before)
     True
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = vx @ h.T
-        w = _repair(w * _pos(q) / ((v * (w @ h)) @ h.T + _neg(q)))
-        p = w.T @ vx
-        h = _repair(h * _pos(p) / (w.T @ (v * (w @ h)) + _neg(p)))
-    return w, h
+    w = coefficient_half_step(vx, v, w, h)
+    return w, basis_half_step(h, *basis_terms(vx, v, w, h))
 
 
 def shift_offset(x: np.ndarray) -> float:
@@ -73,10 +109,8 @@ def shift_offset(x: np.ndarray) -> float:
 def shift_nmf_step(vx_shifted: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray,
                    y0: float) -> tuple[np.ndarray, np.ndarray]:
     """One Shift-NMF iteration on ``V*(X + y0)`` with the model ``W H + y0`` (coefficients, then basis)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = _repair(w * (vx_shifted @ h.T) / ((v * (w @ h + y0)) @ h.T))
-        h = _repair(h * (w.T @ vx_shifted) / (w.T @ (v * (w @ h + y0))))
-    return w, h
+    w = coefficient_half_step(vx_shifted, v, w, h, y0)
+    return w, basis_half_step(h, *basis_terms(vx_shifted, v, w, h, y0), shift=True)
 
 
 def chi2_per_pixel(x: np.ndarray, v: np.ndarray, w: np.ndarray, h: np.ndarray) -> float:
@@ -116,6 +150,47 @@ class NMFResult:
     offset: float = 0.0
     method: str = "nearly"
     seed: int | None = None
+
+
+Iterate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
+
+
+def run_schedule(
+    n: int, npix: int, rank: int, iterate: Iterate, result: NMFResult, *,
+    schedule: Literal["sequential", "fixed"], max_iter: int, tol: float, seed: int,
+    init: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training schedule, independent of where the iterations run (one process or a cluster).
+
+    ``iterate(W, H) -> (W, H, chi2)`` performs one full iteration and returns chi2 per pixel afterwards. The
+    initial draws come from ``default_rng(seed)`` in a fixed order, so a distributed run starts exactly where a
+    local one does. A stage stops when the relative decrease between successive iterations is <= ``tol``
+    (never after its first iteration). Appends to ``result.chi2_history`` and ``result.iterations``.
+    """
+    rng = np.random.default_rng(seed)
+
+    def run(w: np.ndarray, h: np.ndarray, stop: bool) -> tuple[np.ndarray, np.ndarray]:
+        previous = np.inf
+        for it in range(1, max_iter + 1):
+            w, h, current = iterate(w, h)
+            if not np.isfinite(current):
+                raise FloatingPointError(f"NMF chi2 became {current} at iteration {it} (rank {h.shape[0]})")
+            result.chi2_history.append(current)
+            if stop and np.isfinite(previous) and previous > 0 and (previous - current) / previous <= tol:
+                break
+            previous = current
+        result.iterations.append(it)
+        return w, h
+
+    if schedule == "fixed":
+        w, h = init if init is not None else (rng.uniform(size=(n, rank)), np.ones((rank, npix)))
+        return run(np.array(w, dtype=np.float64), np.array(h, dtype=np.float64), stop=False)
+    w, h = np.zeros((n, 0)), np.zeros((0, npix))
+    for _ in range(rank):
+        w = np.hstack([w, rng.uniform(size=(n, 1))])
+        h = np.vstack([h, rng.uniform(size=(1, npix))])
+        w, h = run(w, h, stop=True)
+    return run(w, h, stop=True)  # the final re-run at full rank (Moose's sequential schedule)
 
 
 def train_nmf(
@@ -173,40 +248,19 @@ def train_nmf(
     v = np.asarray(v, dtype=np.float64)
     if np.any(v < 0) or not np.all(np.isfinite(v)):
         raise ValueError("weights must be finite and non-negative")
-    n, npix = x.shape
-    y0 = shift_offset(x) if method == "shift" else 0.0
+    shift = method == "shift"
+    y0 = shift_offset(x) if shift else 0.0
     vx = v * (x + y0)
-    rng = np.random.default_rng(seed)
-    result = NMFResult(np.zeros((0, npix)), np.zeros((n, 0)), (v > 0).any(axis=0), method=method, seed=seed,
-                       offset=y0)
 
-    def run(w: np.ndarray, h: np.ndarray, iterations: int, stop: bool) -> tuple[np.ndarray, np.ndarray]:
-        previous = chi2_per_pixel(x, v, w, h)
-        for it in range(1, iterations + 1):
-            if method == "nearly":
-                w, h = nearly_nmf_step(vx, v, w, h)
-            else:
-                w, h = shift_nmf_step(vx, v, w, h, y0)
-            current = chi2_per_pixel(x, v, w, h)
-            if not np.isfinite(current):
-                raise FloatingPointError(f"NMF chi2 became {current} at iteration {it} (rank {h.shape[0]})")
-            result.chi2_history.append(current)
-            if stop and previous > 0 and (previous - current) / previous <= tol:
-                break
-            previous = current
-        result.iterations.append(it)
-        return w, h
+    def iterate(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        w = coefficient_half_step(vx, v, w, h, y0 if shift else None)
+        h = basis_half_step(h, *basis_terms(vx, v, w, h, y0 if shift else None), shift=shift)
+        return w, h, chi2_per_pixel(x, v, w, h)
 
-    if schedule == "fixed":
-        w, h = init if init is not None else (rng.uniform(size=(n, rank)), np.ones((rank, npix)))
-        w, h = run(np.array(w, dtype=np.float64), np.array(h, dtype=np.float64), max_iter, stop=False)
-    else:
-        w, h = np.zeros((n, 0)), np.zeros((0, npix))
-        for _ in range(rank):
-            w = np.hstack([w, rng.uniform(size=(n, 1))])
-            h = np.vstack([h, rng.uniform(size=(1, npix))])
-            w, h = run(w, h, max_iter, stop=True)
-        w, h = run(w, h, max_iter, stop=True)  # the final re-run at full rank (Moose's sequential schedule)
+    result = NMFResult(np.zeros((0, x.shape[1])), np.zeros((x.shape[0], 0)), (v > 0).any(axis=0), method=method,
+                       seed=seed, offset=y0)
+    w, h = run_schedule(x.shape[0], x.shape[1], rank, iterate, result, schedule=schedule, max_iter=max_iter,
+                        tol=tol, seed=seed, init=init)
     h[:, ~result.covered] = 0.0
     result.basis, result.coefficients = h, w
     return result

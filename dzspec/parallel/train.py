@@ -1,0 +1,178 @@
+"""Train an NMF basis from a spectra store on a Dask cluster, in memory bounded by the block size.
+
+The training matrix never exists in one place. Each worker loads blocks of spectra (rows with a known
+redshift), puts them on the rest-frame grid and keeps them. One iteration then costs one round trip:
+
+* every block updates its own coefficients (rows are independent) and returns its additive share of the basis
+  update, ``W_b^T V_b X_b`` and ``W_b^T V_b (W_b H)`` (k x l each);
+* the driver sums the shares and updates the basis ``H`` (k x l), which is broadcast for the next iteration;
+* a second pass returns each block's ``sum V (X - W H)^2`` and pixel count for the stop rule.
+
+The schedule (initial draws, sequential rank growth, stop rule) is :func:`dzspec.kernels.nmf_train.run_schedule`,
+the same code as the single-process :func:`~dzspec.kernels.nmf_train.train_nmf`, so both give the same basis up to
+the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from distributed import Client
+
+from dzspec.io import store as zstore
+from dzspec.kernels.nmf_train import NMFResult, basis_half_step, basis_terms, coefficient_half_step, run_schedule
+from dzspec.kernels.restframe import PAPER_GRID, LogGrid, to_log_grid
+
+__all__ = ["load_training_block", "select_training_rows", "train_basis"]
+
+log = logging.getLogger(__name__)
+
+
+def select_training_rows(store: str | PathLike[str], group: str | None = None, *, z_name: str = "z_true",
+                         max_spectra: int | None = None, seed: int = 0) -> tuple[str, np.ndarray]:
+    """The spectra group and the sorted rows with a finite ``z_name`` and some data (a random subset of at most
+    ``max_spectra`` rows, drawn with ``seed``)."""
+    root = zstore.open_root(store)
+    group = zstore.resolve_spectra_group(root, group)
+    source = root[group]
+    if z_name not in source:
+        raise ValueError(f"{store}/{group} has no {z_name!r} coordinate to de-redshift the training spectra")
+    z = source[z_name][:]
+    usable = np.isfinite(z) & (z > -1)
+    if "ingest_warn" in source:
+        usable &= (source["ingest_warn"][:] & 1) == 0  # IngestWarn.EMPTY
+    rows = np.flatnonzero(usable)
+    if max_spectra is not None and rows.size > max_spectra:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_spectra, replace=False))
+    return group, rows
+
+
+def load_training_block(store: str, group: str, rows: np.ndarray, grid: LogGrid, z_name: str = "z_true",
+                        normalise: bool = True) -> dict[str, np.ndarray]:
+    """Rows of a spectra group on the rest-frame grid: ``x`` (flux per log lambda, 0 where missing), ``v``
+    (inverse variance), ``vx``; with ``normalise`` each spectrum is divided by its weighted RMS so that the data
+    are O(1) whatever the flux unit (the reference codes' absolute floors assume that)."""
+    source = zstore.open_root(store)[group]
+    wavelength = source["wavelength"][:]
+    flux = source["flux"].oindex[rows, :]
+    ivar = source["ivar"].oindex[rows, :]
+    z = source[z_name].oindex[rows]
+    x, v = to_log_grid(wavelength, flux, ivar, grid, z)
+    if normalise:
+        weight = v.sum(axis=1)
+        rms = np.sqrt((v * x * x).sum(axis=1) / np.where(weight > 0, weight, 1.0))  # inverse-variance weighted
+        scale = np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
+        x = x / scale[:, None]
+        v = v * (scale**2)[:, None]
+    return {"x": x, "v": v, "covered": (v > 0).any(axis=0), "min": float(np.min(x)) if x.size else 0.0}
+
+
+def _coverage_and_min(block: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    return block["covered"], block["min"]
+
+
+def _with_offset(block: dict[str, np.ndarray], y0: float) -> dict[str, np.ndarray]:
+    return {**block, "vx": block["v"] * (block["x"] + y0)}
+
+
+def _block_iteration(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray,
+                     y0: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = coefficient_half_step(block["vx"], block["v"], w, h, y0)
+    return (w, *basis_terms(block["vx"], block["v"], w, h, y0))
+
+
+def _block_chi2(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray) -> tuple[float, int]:
+    resid = block["x"] - w @ h
+    return float(np.sum(block["v"] * resid * resid)), int(np.count_nonzero(block["v"]))
+
+
+def training_id(store: str, group: str, rows: np.ndarray, grid: LogGrid, normalise: bool) -> str:
+    """SHA-256 naming the training set without materialising it: the input's identity, rows, grid, scaling."""
+    root = zstore.open_root(store)
+    payload = json.dumps({"input": zstore.input_id(root[group]), "group": group,
+                          "rows": hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest(),
+                          "grid": grid.as_attrs(), "normalise": normalise}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def train_basis(
+    store: str | PathLike[str],
+    client: Client,
+    rank: int,
+    *,
+    group: str | None = None,
+    rows: np.ndarray | None = None,
+    grid: LogGrid = PAPER_GRID,
+    method: Literal["nearly", "shift"] = "nearly",
+    schedule: Literal["sequential", "fixed"] = "sequential",
+    max_iter: int = 1300,
+    tol: float = 1e-3,
+    seed: int = 100921,
+    block_rows: int = 256,
+    normalise: bool = True,
+    z_name: str = "z_true",
+) -> tuple[NMFResult, str]:
+    """Train a rank-``rank`` basis on the spectra of a store with known redshifts; returns it and its training id.
+
+    Parameters
+    ----------
+    store, client
+        The spectra store and a Dask client.
+    rank
+        Basis size k.
+    group, rows
+        Spectra group and training rows (default: :func:`select_training_rows`).
+    grid
+        Rest-frame grid (default B26's 53 918-pixel grid); stored with the basis by :func:`dzspec.io.bases.save_basis`.
+    method, schedule, max_iter, tol, seed
+        As :func:`dzspec.kernels.nmf_train.train_nmf`.
+    block_rows
+        Spectra per worker-resident block: memory per block is about ``2 * block_rows * grid.size * 8`` bytes
+        (220 MB at the default on the paper grid).
+    normalise
+        Divide each spectrum by its weighted RMS (see :func:`load_training_block`).
+    """
+    store = str(Path(store).resolve())
+    if rows is None:
+        group, rows = select_training_rows(store, group, z_name=z_name)
+    else:
+        group = zstore.resolve_spectra_group(zstore.open_root(store), group)
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        raise ValueError(f"{store}/{group}: no training spectra with a known {z_name}")
+    starts = list(range(0, rows.size, block_rows))
+    log.info("training rank %d on %d spectra of %s in %d blocks", rank, rows.size, group, len(starts))
+    blocks = [client.submit(load_training_block, store, group, rows[s : s + block_rows], grid, z_name, normalise,
+                            pure=False) for s in starts]
+    summaries = client.gather([client.submit(_coverage_and_min, b, pure=False) for b in blocks])
+    covered = np.logical_or.reduce([c for c, _ in summaries])
+    shift = method == "shift"
+    y0 = max(0.0, -min(m for _, m in summaries)) if shift else 0.0
+    blocks = [client.submit(_with_offset, b, y0, pure=False) for b in blocks]
+    slices = [slice(s, min(s + block_rows, rows.size)) for s in starts]
+
+    def iterate(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        h_future = client.scatter(h, broadcast=True, hash=False)
+        parts = client.gather([client.submit(_block_iteration, b, w[sl], h_future, y0 if shift else None,
+                                             pure=False) for b, sl in zip(blocks, slices, strict=True)])
+        w = np.vstack([p[0] for p in parts])
+        h = basis_half_step(h, sum(p[1] for p in parts), sum(p[2] for p in parts), shift=shift)
+        h_future = client.scatter(h, broadcast=True, hash=False)
+        sums = client.gather([client.submit(_block_chi2, b, w[sl], h_future, pure=False)
+                              for b, sl in zip(blocks, slices, strict=True)])
+        return w, h, sum(s for s, _ in sums) / max(1, sum(c for _, c in sums))
+
+    result = NMFResult(np.zeros((0, grid.size)), np.zeros((rows.size, 0)), covered, method=method, seed=seed,
+                       offset=y0)
+    w, h = run_schedule(rows.size, grid.size, rank, iterate, result, schedule=schedule, max_iter=max_iter, tol=tol,
+                        seed=seed, init=None)
+    h[:, ~covered] = 0.0
+    result.basis, result.coefficients = h, w
+    return result, training_id(store, group, rows, grid, normalise)
+

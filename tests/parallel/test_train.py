@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from dzspec.cluster import make_client
+from dzspec.io.bases import load_basis, save_basis
+from dzspec.kernels.nmf_train import train_nmf
+from dzspec.kernels.restframe import LogGrid
+from dzspec.parallel.train import load_training_block, select_training_rows, train_basis
+from dzspec.testing import write_synthetic_store
+
+pytestmark = pytest.mark.cluster
+GRID = LogGrid.spanning(2300.0, 5300.0, 2e-4)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_client(n_workers=2, processes=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_synthetic_store(tmp_path_factory.mktemp("t") / "s.zarr", nspectrum=40, nwave=400, seed=4)
+
+
+@pytest.mark.parametrize("method", ["nearly", "shift"])
+def test_distributed_training_equals_the_single_process_kernel(store, client, method):
+    group, rows = select_training_rows(store)
+    assert rows.size == 40
+    result, training = train_basis(store, client, 3, rows=rows, grid=GRID, method=method, max_iter=25, tol=1e-4,
+                                   block_rows=16)
+    data = load_training_block(str(store.resolve()), group, rows, GRID)
+    local = train_nmf(data["x"], data["v"], 3, method=method, max_iter=25, tol=1e-4)
+    assert result.iterations == local.iterations
+    np.testing.assert_allclose(result.chi2_history, local.chi2_history, rtol=1e-9)
+    np.testing.assert_allclose(result.basis, local.basis, rtol=1e-7, atol=1e-12 * np.abs(local.basis).max())
+    np.testing.assert_array_equal(result.covered, local.covered)
+    assert result.basis.shape == (3, GRID.size) and (result.basis >= 0).all()
+    assert len(training) == 64
+
+
+def test_trained_basis_saves_with_its_grid(store, client, tmp_path):
+    result, training = train_basis(store, client, 2, grid=GRID, max_iter=20, block_rows=32)
+    save_basis(tmp_path / "b.zarr", "toy", result, GRID, training_sha256=training)
+    basis = load_basis(tmp_path / "b.zarr", "toy")
+    assert basis.grid == GRID and basis.attrs["training_sha256"] == training
+    np.testing.assert_array_equal(basis.basis, result.basis)
+
+
+def test_cli_train_writes_a_basis_on_the_paper_grid(store, tmp_path, capsys):
+    from dzspec.cli import main
+    from dzspec.kernels.restframe import PAPER_GRID
+
+    out = tmp_path / "basis.zarr"
+    assert main(["train", str(store), "--out", str(out), "--rank", "2", "--max-iter", "5", "--workers", "1",
+                 "--no-progress"]) == 0
+    basis = load_basis(out, "nmf")
+    assert basis.grid == PAPER_GRID and basis.rank == 2
+    assert basis.attrs["training_spectra"] == 40
+    assert "rank 2, 40 spectra" in capsys.readouterr().out
