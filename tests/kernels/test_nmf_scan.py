@@ -1,0 +1,294 @@
+import numpy as np
+import pytest
+import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dzspec.kernels.nmf_scan import (
+    chi2_metrics,
+    gram_projections,
+    nnls_gram,
+    nnls_gram_batch,
+    prepare_basis,
+    reference_scan,
+    scan_block,
+    scan_chi2,
+    trial_grid,
+)
+from tests.conftest import shared_file
+
+
+def _tall_problem(seed, m=40, k=6, degenerate=0, scale=1.0):
+    """Random weighted tall problem with active constraints (and optionally zero columns)."""
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(size=(m, k)) * scale
+    a[:, :degenerate] = 0.0
+    w = rng.uniform(0.5, 2.0, size=m)
+    truth = np.where(rng.random(k) < 0.5, 0.0, rng.uniform(size=k))
+    y = a @ truth + rng.normal(0, 0.3 * scale, size=m)
+    return a, w, y
+
+
+def _normal(a, w, y):
+    return (a.T * w) @ a, (a.T * w) @ y, float(np.sum(w * y * y))
+
+
+def _chi2(omega, G, b, c):
+    return c - 2 * omega @ b + omega @ G @ omega
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("degenerate", [0, 2])
+def test_nnls_gram_matches_scipy_weighted_tall_nnls(seed, degenerate):
+    a, w, y = _tall_problem(seed, degenerate=degenerate, scale=10.0 ** ((seed % 7) - 3))
+    G, b, c = _normal(a, w, y)
+    sw = np.sqrt(w)
+    want, _ = scipy.optimize.nnls(sw[:, None] * a, sw * y)
+    got, passive = nnls_gram(G, b)
+    chi_want = np.sum(w * (y - a @ want) ** 2)
+    chi_got = np.sum(w * (y - a @ got) ** 2)
+    assert np.all(got >= 0)
+    assert not passive[:degenerate].any()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * max(np.max(np.abs(want)), 1e-300))
+    np.testing.assert_allclose(chi_got, chi_want, rtol=1e-10)
+    np.testing.assert_allclose(_chi2(got, G, b, c), chi_want, rtol=1e-10)
+
+
+def test_some_constraints_are_active():
+    """The random problems above do exercise the constraints."""
+    active = 0
+    for seed in range(40):
+        a, w, y = _tall_problem(seed)
+        got, _ = nnls_gram(*_normal(a, w, y)[:2])
+        active += int(np.sum(got == 0))
+    assert active > 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 10), degenerate=st.integers(0, 3), warm=st.booleans())
+def test_kkt_conditions(seed, k, degenerate, warm):
+    a, w, y = _tall_problem(seed, m=30, k=k, degenerate=min(degenerate, k))
+    G, b, c = _normal(a, w, y)
+    rng = np.random.default_rng(seed)
+    passive0 = rng.random(k) < 0.5 if warm else None
+    omega, passive = nnls_gram(G, b, passive0=passive0)
+    lam = b - G @ omega  # minus half the gradient of w^T G w - 2 b^T w
+    tol = 1e-9 * max(np.max(np.abs(b)), 1e-300)
+    assert np.all(omega >= 0)
+    assert np.all(omega[~passive] == 0)
+    assert np.all(lam[~passive] <= tol)  # gradient >= -tol on the active set
+    np.testing.assert_allclose(lam[passive], 0, atol=tol)
+    # never better than the unconstrained least squares
+    sw = np.sqrt(w)
+    free, *_ = np.linalg.lstsq(sw[:, None] * a, sw * y, rcond=None)
+    assert _chi2(omega, G, b, c) >= np.sum(w * (y - a @ free) ** 2) * (1 - 1e-10) - 1e-12
+
+
+def test_nnls_gram_batch_equals_single():
+    problems = [_normal(*_tall_problem(s)) for s in range(30)]
+    G = np.stack([p[0] for p in problems])
+    b = np.stack([p[1] for p in problems])
+    got = nnls_gram_batch(G, b)
+    for i in range(30):
+        np.testing.assert_allclose(got[i], nnls_gram(G[i], b[i])[0], rtol=0, atol=1e-12)
+
+
+def test_nnls_gram_all_zero_and_degenerate():
+    omega, passive = nnls_gram(np.zeros((3, 3)), np.zeros(3))
+    assert omega.tolist() == [0.0, 0.0, 0.0] and not passive.any()
+    # duplicated column: G singular, still the optimal chi2
+    a = np.random.default_rng(1).uniform(size=(20, 3))
+    a[:, 2] = a[:, 1]
+    y = a @ np.array([1.0, 0.5, 0.5])
+    G, b, c = _normal(a, np.ones(20), y)
+    omega, _ = nnls_gram(G, b)
+    assert _chi2(omega, G, b, c) <= 1e-12 * c
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FFT scan on a small synthetic problem
+# ---------------------------------------------------------------------------------------------------------------------
+
+DELTA = 1e-4
+N_REST = 3000
+N_OBS = 1200
+J0 = 1500
+
+
+def _basis():
+    """k = 4: a continuum and three groups of compact Gaussian lines (exact zeros outside +-5 sigma)."""
+    x = np.arange(N_REST, dtype=float)
+    rows = [1.0 + 0.5 * np.sin(x / 700.0)]
+    for centres in ([300, 900, 1900], [500, 1300, 2400], [700, 1600, 2700]):
+        row = np.zeros(N_REST)
+        for c0 in centres:
+            d = (x - c0) / 4.0
+            row += np.where(np.abs(d) < 5, np.exp(-0.5 * d**2), 0.0) * 5
+        rows.append(row)
+    return np.array(rows)
+
+
+def _spectrum(h, shift, seed=0, omega=(0.3, 1.0, 0.0, 0.7), sigma=0.1):
+    """Observed spectrum (pixel j at rest pixel J0 - shift + j) with noise and a masked stretch."""
+    rng = np.random.default_rng(seed)
+    s = J0 - shift
+    window = np.zeros((h.shape[0], N_OBS))
+    lo, hi = max(s, 0), min(s + N_OBS, N_REST)
+    window[:, lo - s : hi - s] = h[:, lo:hi]
+    f = np.asarray(omega) @ window + rng.normal(0, sigma, N_OBS)
+    w = np.full(N_OBS, 1 / sigma**2) * rng.uniform(0.5, 1.5, N_OBS)
+    w[400:450] = 0.0
+    f[400:450] = np.nan
+    return f, w
+
+
+@pytest.fixture(scope="module")
+def problem():
+    h = _basis()
+    return h, prepare_basis(h, N_OBS)
+
+
+def test_fft_gram_and_projections_equal_direct_sums(problem):
+    h, prepared = problem
+    f, w = _spectrum(h, 600)
+    rng = np.random.default_rng(3)
+    lags = np.r_[rng.integers(-N_OBS + 1, N_REST, 60), -N_OBS + 1, N_REST - 1, 0]
+    gp, b, c = gram_projections(prepared, f, w, lags)
+    fc = np.where(w > 0, f, 0.0)
+    padded = np.zeros((h.shape[0], N_REST + 2 * N_OBS))
+    padded[:, N_OBS : N_OBS + N_REST] = h
+    assert c == pytest.approx(np.sum(w * fc * fc), rel=1e-14)
+    for i, s in enumerate(lags):
+        win = padded[:, N_OBS + s : 2 * N_OBS + s]
+        G = (win * w) @ win.T
+        bd = win @ (w * fc)
+        # FFT round-off is global: 1e-12 relative to each entry's Cauchy-Schwarz bound over all lags (a narrow
+        # overlap at the edge has a small G but the same absolute error; b is a signed sum where noise cancels)
+        bound = prepared.hh_norm * np.linalg.norm(w)
+        assert np.all(np.abs(gp[i] - G[prepared.pair_a, prepared.pair_b]) <= 1e-12 * bound)
+        # and 1e-12 relative to G's largest entry wherever the overlap is substantial
+        if G[0, 0] > 0.1 * np.sum(w):
+            np.testing.assert_allclose(gp[i], G[prepared.pair_a, prepared.pair_b], rtol=0, atol=1e-12 * G.max())
+        bound = np.linalg.norm(h, axis=1) * np.linalg.norm(w * fc)
+        assert np.all(np.abs(b[i] - bd) <= 1e-12 * bound)
+
+
+@pytest.mark.parametrize("true_shift", [200, 900])
+def test_scan_equals_reference_and_recovers_shift(problem, true_shift):
+    h, prepared = problem
+    f, w = _spectrum(h, true_shift, seed=true_shift)
+    shifts = np.arange(0, 1500, 3)
+    chi2, omega = scan_chi2(prepared, f, w, J0 - shifts)
+    sub = np.r_[np.arange(0, shifts.size, 7), np.argmin(chi2)]
+    ref_chi2, ref_omega = reference_scan(h, f, w, J0 - shifts[sub])
+    np.testing.assert_allclose(chi2[sub], ref_chi2, rtol=1e-8)
+    np.testing.assert_allclose(omega[sub], ref_omega, rtol=0, atol=1e-6 * np.max(ref_omega))
+    assert abs(shifts[np.argmin(chi2)] - true_shift) <= 3  # within one trial step
+    full_ref, _ = reference_scan(h, f, w, J0 - shifts)
+    assert np.argmin(full_ref) == np.argmin(chi2)
+    np.testing.assert_allclose(chi2, full_ref, rtol=1e-8)
+
+
+def test_shift_equivariance(problem):
+    h, prepared = problem
+    shifts = np.arange(0, 1400)
+    f, w = _spectrum(h, 700, seed=5)
+    base = np.argmin(scan_chi2(prepared, f, w, J0 - shifts)[0])
+    for m in (-37, 11, 120):
+        # moving the spectrum by m observed pixels == moving its first pixel on the rest grid
+        g, v = _spectrum(h, 700 - m, seed=5)
+        moved = np.argmin(scan_chi2(prepared, g, v, J0 - shifts)[0])
+        assert moved == base - m
+
+
+def test_scan_block_outputs_and_masked_spectrum(problem):
+    h, prepared = problem
+    z, shifts, lags = trial_grid(DELTA, J0, z_max=0.35, dz=0.0005)
+    assert len(z) == 701 and np.all(np.diff(shifts) > 0) and np.all(lags == J0 - shifts)
+    f1, w1 = _spectrum(h, int(shifts[400]), seed=1)
+    f2, w2 = _spectrum(h, int(shifts[150]), seed=2)
+    flux = np.stack([f1, f2, np.full(N_OBS, np.nan)])
+    weights = np.stack([w1, w2, np.zeros(N_OBS)])
+    res = scan_block(prepared, flux, weights, shifts, DELTA, J0, return_chi2=True)
+    assert res.index[:2].tolist() == [400, 150]
+    np.testing.assert_allclose(res.z[:2], 10.0 ** (shifts[[400, 150]] * DELTA) - 1)
+    assert res.npixels.tolist() == [N_OBS - 50, N_OBS - 50, 0]
+    for i in range(2):
+        m = chi2_metrics(res.chi2[i])
+        q1 = np.percentile(res.chi2[i], 25)
+        assert res.chi2_min[i] == res.chi2[i].min()
+        assert res.significance[i] == pytest.approx(1 - res.chi2_min[i] / q1)
+        low = res.chi2[i][res.chi2[i] <= q1]
+        far = np.abs(np.arange(len(z)) - res.index[i]) > 25
+        r = (res.chi2[i][far].min() - res.chi2_min[i]) / np.std(low, ddof=1)
+        assert res.robustness[i] == pytest.approx(r)
+        assert res.robustness[i] > 0
+        assert res.minima_z[i, 0] == res.z[i] and m["minima_chi2"][0] == res.chi2_min[i]
+        assert np.all(np.diff(res.minima_chi2[i][np.isfinite(res.minima_chi2[i])]) >= 0)
+        np.testing.assert_allclose(res.minima_significance[i], 1 - res.minima_chi2[i] / q1)
+        assert np.all(res.omega[i] >= 0)
+    assert res.index[2] == -1
+    for name in ("z", "chi2_min", "significance", "robustness"):
+        assert np.isnan(getattr(res, name)[2])
+    assert np.all(np.isnan(res.omega[2])) and np.all(np.isnan(res.minima_z[2])) and np.all(np.isnan(res.chi2[2]))
+
+
+def test_unweighted_mode_minimises_the_unweighted_objective(problem):
+    h, prepared = problem
+    f, w = _spectrum(h, 500, seed=9)
+    lags = J0 - np.arange(300, 700, 13)
+    chi2, omega = scan_chi2(prepared, f, w, lags, weighting="unweighted")
+    chi2_w, _ = scan_chi2(prepared, f, w, lags)
+    fc = np.where(w > 0, f, 0.0)
+    padded = np.zeros((h.shape[0], N_REST + 2 * N_OBS))
+    padded[:, N_OBS : N_OBS + N_REST] = h
+    for i, s in enumerate(lags):
+        win = padded[:, N_OBS + s : 2 * N_OBS + s]
+        want, _ = scipy.optimize.nnls(win.T, fc)
+        np.testing.assert_allclose(omega[i], want, rtol=0, atol=1e-8 * max(np.max(want), 1.0))
+        np.testing.assert_allclose(chi2[i], np.sum(w * (fc - omega[i] @ win) ** 2), rtol=1e-8)
+    assert np.all(chi2 >= chi2_w * (1 - 1e-10))  # weighted NNLS minimises the reported chi2
+
+
+def test_real_qso_basis_conditioning():
+    """5 nearly-NMF QSO templates (Green & Bailey 2024): ill-conditioned Gram, scan == reference."""
+    templates = np.load(shared_file("nearly_nmf_paper/templates/W_nearly_noisy.npy")).T  # (5, 11050)
+    h = np.clip(templates / np.max(templates), 0, None)
+    n_obs = 3000
+    prepared = prepare_basis(h, n_obs)
+    rng = np.random.default_rng(4)
+    s0 = 4000
+    f = np.array([0.2, 1.0, 0.5, 0.0, 0.3]) @ h[:, s0 : s0 + n_obs]
+    sigma = 0.05 * np.max(f)
+    f = f + rng.normal(0, sigma, n_obs)
+    w = np.full(n_obs, 1 / sigma**2)
+    lags = np.r_[np.arange(3000, 5000, 17), s0]
+    chi2, omega = scan_chi2(prepared, f, w, lags)
+    ref, ref_omega = reference_scan(h, f, w, lags)
+    np.testing.assert_allclose(chi2, ref, rtol=1e-8)
+    np.testing.assert_allclose(omega, ref_omega, rtol=0, atol=1e-6 * np.max(ref_omega))
+    assert lags[np.argmin(chi2)] == s0
+    gp, _, _ = gram_projections(prepared, f, w, [s0])
+    G = np.zeros((5, 5))
+    G[prepared.pair_a, prepared.pair_b] = gp[0]
+    G[prepared.pair_b, prepared.pair_a] = gp[0]
+    assert np.linalg.cond(G) > 100
+
+
+def test_weakly_supported_component_is_exact():
+    """A line whose far tail alone enters the window: G_aa ~ 1e-12 of its scale, below the FFT round-off of
+    the correlation; the direct-sum refinement keeps chi2 and w exact (the reference fits a large w there)."""
+    x = np.arange(4000, dtype=float)
+    d = (x - 1000) / 20
+    h = np.array([1.0 + 0.3 * np.cos(x / 300), np.where(np.abs(d) < 5, 100 * np.exp(-0.5 * d**2), 0.0)])
+    n_obs = 800
+    prepared = prepare_basis(h, n_obs)
+    rng = np.random.default_rng(2)
+    lags = np.r_[np.arange(1075, 1101), np.arange(100, 3500, 101)]
+    f = 2 + rng.normal(0, 0.1, n_obs)
+    w = np.full(n_obs, 100.0)
+    chi2, omega = scan_chi2(prepared, f, w, lags)
+    ref, ref_omega = reference_scan(h, f, w, lags)
+    np.testing.assert_allclose(chi2, ref, rtol=1e-10)
+    np.testing.assert_allclose(omega, ref_omega, rtol=1e-6, atol=1e-12)
+    assert np.max(ref_omega[:, 1]) > 1.0  # the tail is used
