@@ -1,4 +1,5 @@
-"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, gallery, formats, demo.
+"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, zfind, gallery, formats,
+demo.
 
 Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
 clusters need a ``__main__`` guard, the console script has one).
@@ -118,6 +119,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zfind(args: argparse.Namespace) -> int:
+    from dzspec.parallel.zfind import run_zfind
+
+    params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting}
+    with _client(args) as client:
+        report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params, group=args.group,
+                           resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
+                           progress=not args.no_progress)
+    print(report.summary())
+    return 0 if report.complete else 1
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from importlib import import_module
 
@@ -214,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing basis of that name")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("zfind", help="NMF redshifts of every spectrum of a store (exact fast chi2(z) scan)")
+    p.add_argument("store")
+    p.add_argument("--basis", required=True, help="store holding the basis (bases/<name>)")
+    p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--z-min", type=float, default=0.0)
+    p.add_argument("--z-max", type=float, default=6.7)
+    p.add_argument("--dz", type=float, default=0.0005, help="trial step (B26: 0.0005)")
+    p.add_argument("--weighting", choices=("weighted", "unweighted"), default="weighted",
+                   help="NNLS weighting; unweighted reproduces the authors' code (chi2 stays weighted)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
+    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
+    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_zfind)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
     p.add_argument("--survey", choices=("muse", "desi"), required=True)

@@ -568,8 +568,8 @@ def chi2_metrics(chi2: np.ndarray, *, exclusion_steps: int = 25, n_minima: int =
     """B26 §3.4 metrics of one chi2 curve over the trial grid (METHODS §1.4).
 
     ``significance = 1 - chi2_min / Q1`` (numpy linear percentile), ``robustness = (min2 - min1) / sigma_Q1`` with
-    ``sigma_Q1`` the ddof=1 std of chi2 <= Q1 and ``min2`` the lowest chi2 outside +-``exclusion_steps`` trials of
-    the argmin. ``minima_index`` lists up to ``n_minima`` local minima, lowest first, each at least
+    ``sigma_Q1`` the ddof=1 std of chi2 <= Q1 (ties within 1e-9 relative of Q1 included) and ``min2`` the lowest
+    chi2 outside +-``exclusion_steps`` trials of the argmin. ``minima_index`` lists up to ``n_minima`` local minima, lowest first, each at least
     ``exclusion_steps + 1`` trials from the ones before it (padded with -1).
 
     Examples
@@ -589,7 +589,10 @@ def chi2_metrics(chi2: np.ndarray, *, exclusion_steps: int = 25, n_minima: int =
         return out
     i1 = int(np.argmin(chi2))
     q1 = float(np.percentile(chi2, 25))
-    low = chi2[chi2 <= q1]
+    # Curves often hold plateaus of identical chi2 (trials where no basis row meets the data, chi2 = c) sitting at
+    # Q1; a rounding-level tolerance keeps such ties together, otherwise 1e-13 noise flips members of the set and
+    # moves sigma_Q1 (and R) by several per cent.
+    low = chi2[chi2 <= q1 + 1e-9 * abs(q1)]
     sigma = float(np.std(low, ddof=1)) if low.size > 1 else np.nan
     far = np.ones(chi2.size, dtype=bool)
     far[max(i1 - exclusion_steps, 0) : i1 + exclusion_steps + 1] = False

@@ -184,7 +184,7 @@ def run_kernel(
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite are mutually exclusive")
-    params = dict(params or {})
+    params = {**kernel.defaults, **(params or {})}  # the kernel sees, and the hash covers, every parameter
     store = str(Path(store).resolve())  # workers may run in another directory
     t0 = time.perf_counter()
     log.info("building plan for %s", store)

@@ -292,3 +292,14 @@ def test_weakly_supported_component_is_exact():
     np.testing.assert_allclose(chi2, ref, rtol=1e-10)
     np.testing.assert_allclose(omega, ref_omega, rtol=1e-6, atol=1e-12)
     assert np.max(ref_omega[:, 1]) > 1.0  # the tail is used
+
+
+def test_robustness_is_stable_against_rounding_on_a_plateau_at_q1():
+    """A quarter-plus of the trials at exactly chi2 = c (no basis overlap) sits at Q1; 1e-13 noise must not move R."""
+    from dzspec.kernels.nmf_scan import chi2_metrics
+
+    rng = np.random.default_rng(1)
+    chi2 = np.concatenate([500.0 + 400 * rng.random(200), np.full(400, 1000.0), 1100.0 + 400 * rng.random(400)])
+    chi2[100] = 100.0
+    noisy = chi2 * (1 + 1e-13 * rng.standard_normal(chi2.size))
+    assert chi2_metrics(noisy)["robustness"] == pytest.approx(chi2_metrics(chi2)["robustness"], rel=1e-9)

@@ -1,0 +1,121 @@
+"""dzspec zfind: an NMF basis scanned over a store through the block runner."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from dzspec.cluster import make_client
+from dzspec.errors import BadSpectrumWarning
+from dzspec.io import store as zstore
+from dzspec.io.bases import save_basis
+from dzspec.kernels.nmf_scan import prepare_basis
+from dzspec.kernels.nmf_train import NMFResult
+from dzspec.kernels.restframe import LogGrid, observed_window
+from dzspec.kernels.zfind import ZWarn, nmf_zfind
+from dzspec.parallel.zfind import run_zfind
+from dzspec.schema import make_spectra_dataset
+
+pytestmark = pytest.mark.cluster
+
+WAVE = 4750.0 + 1.25 * np.arange(800)  # 4750-5749 A
+GRID = LogGrid.spanning(4700.0 / 1.6, 5800.0, 1e-4)
+LINES = ((3727.4, 2.0), (4862.7, 3.0), (5008.2, 4.0), (4102.9, 1.5), (3934.8, 2.5))
+
+
+def _components(wave_rest):
+    """Three non-negative rest-frame components (f_lambda): continuum, emission lines, a second continuum."""
+    lines = sum(np.exp(-0.5 * ((wave_rest - c) / s) ** 2) for c, s in LINES)
+    return np.vstack([np.ones_like(wave_rest), lines, (wave_rest / 4000.0) ** 2])
+
+
+def _spectra(z_true, rng):
+    omega = np.array([1.0, 6.0, 0.5])
+    flux = np.vstack([omega @ _components(WAVE / (1 + z)) / (1 + z) for z in z_true])
+    sigma = 0.02
+    return flux + rng.normal(0, sigma, flux.shape), np.full(flux.shape, 1 / sigma**2)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_client(n_workers=2, processes=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zfind")
+    rest = GRID.wavelength()
+    basis = _components(rest) * np.log(10) * rest  # flux per unit log lambda
+    fit = NMFResult(basis, np.zeros((1, 3)), np.ones(GRID.size, bool))
+    save_basis(tmp / "basis.zarr", "toy", fit, GRID, training_sha256="analytic")
+    rng = np.random.default_rng(0)
+    z_true = rng.uniform(0.05, 0.45, 30)
+    flux, ivar = _spectra(z_true, rng)
+    ivar[7] = 0.0  # a spectrum without data
+    flux[8] -= 3.0  # sky over-subtraction: negative median
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSpectrumWarning)
+        ds = make_spectra_dataset(WAVE, flux, ivar, source_file="<test>", reader="test",
+                                  coords={"targetid": np.arange(30), "z_true": z_true})
+    root = zstore.open_root(tmp / "s.zarr", mode="a")
+    group = zstore.create_spectra_group(root, ds, chunk_rows=8)
+    zstore.resize_spectra_group(group, 30)
+    zstore.write_rows(group, ds, 0)
+    zstore.set_manifest(group, [{"sha256": "t", "path": "<test>", "reader": "test", "row_start": 0, "nrows": 30,
+                                 "status": "done"}])
+    return tmp, z_true, flux, ivar
+
+
+PARAMS = {"z_max": 0.5, "dz": 0.0005}
+
+
+def test_zfind_through_the_runner_equals_the_kernel_and_finds_z(setup, client):
+    tmp, z_true, flux, ivar = setup
+    report = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy", params=PARAMS, progress=False)
+    assert report.complete and report.nblocks == 4
+    results = zstore.open_results(tmp / "s.zarr", report.results).compute()
+
+    basis = np.log(10) * GRID.wavelength() * _components(GRID.wavelength())
+    prepared = prepare_basis(basis, observed_window(WAVE, GRID)[1])
+    shifts = GRID.shift_of(np.arange(1001) * 0.0005)
+    direct = nmf_zfind(WAVE, flux.astype(np.float32), ivar.astype(np.float32), prepared=prepared, grid=GRID,
+                       shifts=shifts)
+    # Blocks of 8 vs one block of 30: batched FFTs round differently in the last bits (4e-13 relative seen).
+    for name, values in direct.items():
+        if name in ("z", "npixels", "zwarn", "cand_z"):
+            np.testing.assert_array_equal(results[name].values, values, err_msg=name)
+        else:
+            np.testing.assert_allclose(results[name].values, values, rtol=1e-9, err_msg=name)
+
+    good = np.setdiff1d(np.arange(30), [7])
+    assert (np.abs(results.z.values[good] - z_true[good]) < 0.0005 * (1 + z_true[good])).all()
+    assert np.isnan(results.z.values[7]) and results.zwarn.values[7] & ZWarn.NODATA
+    assert results.zwarn.values[8] & ZWarn.NEGATIVE_MEDIAN_FLUX
+    assert (results.nmf_robustness.values[good[good != 8]] > 3).all()
+    assert results.coeff.shape == (30, 3) and results.cand_z.shape == (30, 5)
+    assert "LOW_ROBUSTNESS" in results.zwarn.attrs["flag_meanings"]
+
+
+def test_zfind_resume_and_changed_parameters(setup, client):
+    tmp, *_ = setup
+    first = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy", params=PARAMS,
+                      results="results/zf", progress=False)
+    again = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy", params=PARAMS,
+                      results="results/zf", resume=True, progress=False)
+    assert first.computed == 4 and again.computed == 0 and again.already_done == 4
+    with pytest.raises(Exception, match="config_sha256 differs"):
+        run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy", params={**PARAMS, "dz": 0.001},
+                  results="results/zf", resume=True, progress=False)
+
+
+def test_cli_zfind(setup, capsys):
+    from dzspec.cli import main
+
+    tmp, *_ = setup
+    args = ["zfind", str(tmp / "s.zarr"), "--basis", str(tmp / "basis.zarr"), "--name", "toy", "--z-max", "0.5",
+            "--workers", "1", "--no-progress"]
+    assert main([*args, "--overwrite"]) == 0
+    assert "4 blocks, 0 already done, 4 computed" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    assert "4 already done, 0 computed" in capsys.readouterr().out
