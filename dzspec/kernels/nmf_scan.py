@@ -569,7 +569,8 @@ def chi2_metrics(chi2: np.ndarray, *, exclusion_steps: int = 25, n_minima: int =
 
     ``significance = 1 - chi2_min / Q1`` (numpy linear percentile), ``robustness = (min2 - min1) / sigma_Q1`` with
     ``sigma_Q1`` the ddof=1 std of chi2 <= Q1 (ties within 1e-9 relative of Q1 included) and ``min2`` the lowest
-    chi2 outside +-``exclusion_steps`` trials of the argmin. ``minima_index`` lists up to ``n_minima`` local minima, lowest first, each at least
+    chi2 outside +-``exclusion_steps`` trials of the argmin. ``minima_index`` lists up to ``n_minima`` local
+    minima, lowest first, each at least
     ``exclusion_steps + 1`` trials from the ones before it (padded with -1).
 
     Examples
