@@ -28,3 +28,13 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data file not available: {path}")
     return path.resolve()
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of two worker threads in this process (fast to start; tests needing worker processes make
+    their own)."""
+    from dzspec.cluster import make_client
+
+    with make_client(n_workers=2, processes=False) as c:
+        yield c

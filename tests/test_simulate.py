@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from dzspec.cluster import make_client
 from dzspec.io import store as zstore
 from dzspec.io.validate import validate_store
 from dzspec.kernels.simulate.desi import DESI_GRID_NAME, DesiSimConfig, simulate_desi_block
@@ -11,12 +10,6 @@ from dzspec.kernels.simulate.muse import MUSE_GRID_NAME, MuseSimConfig, simulate
 from dzspec.simulate import simulate
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def client():
-    with make_client(n_workers=2, processes=False) as c:
-        yield c
 
 
 def test_muse_survey_in_a_store_equals_the_kernel_and_carries_its_truth(tmp_path, client):

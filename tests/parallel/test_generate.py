@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from dzspec.cluster import make_client
 from dzspec.io import store as zstore
 from dzspec.io.validate import validate_store
 from dzspec.parallel.generate import generate_to_store
@@ -12,12 +11,6 @@ pytestmark = pytest.mark.cluster
 
 TOY = SimulatorSpec("simulated", "dzspec.testing", "toy_simulate_block", "ToyConfig", "TOY_GRID_NAME", "TOY_CLASSES",
                     "dzspec.testing", "load_toy_ingredients")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with make_client(n_workers=2, processes=False) as c:
-        yield c
 
 
 def _spectra(store):

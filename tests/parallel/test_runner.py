@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dzspec.cluster import make_client
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.base import KernelSpec, OutputSpec
@@ -30,12 +29,6 @@ def _poisoned_sum(wavelength, flux, targetid):
 
 
 POISONED = KernelSpec("poisoned", _poisoned_sum, ("flux", "targetid"), lambda p: {"total": OutputSpec("float64")})
-
-
-@pytest.fixture(scope="module")
-def client():
-    with make_client(n_workers=2, processes=False, dashboard_address=None) as c:
-        yield c
 
 
 @pytest.fixture

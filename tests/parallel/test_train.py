@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from dzspec.cluster import make_client
 from dzspec.io.bases import load_basis, save_basis
 from dzspec.kernels.nmf_train import train_nmf
 from dzspec.kernels.restframe import LogGrid
@@ -10,12 +9,6 @@ from dzspec.testing import write_synthetic_store
 
 pytestmark = pytest.mark.cluster
 GRID = LogGrid.spanning(2300.0, 5300.0, 2e-4)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with make_client(n_workers=2, processes=False) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

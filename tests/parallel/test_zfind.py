@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 
-from dzspec.cluster import make_client
 from dzspec.errors import BadSpectrumWarning
 from dzspec.io import store as zstore
 from dzspec.io.bases import save_basis
@@ -34,12 +33,6 @@ def _spectra(z_true, rng):
     flux = np.vstack([omega @ _components(WAVE / (1 + z)) / (1 + z) for z in z_true])
     sigma = 0.02
     return flux + rng.normal(0, sigma, flux.shape), np.full(flux.shape, 1 / sigma**2)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with make_client(n_workers=2, processes=False) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
