@@ -70,14 +70,26 @@ def main() -> None:
     parser.add_argument("--ref-spectra", type=int, default=2)
     parser.add_argument("--ref-trials", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--basis", metavar="STORE:NAME",
+                        help="scan with a trained basis saved by `dzspec train` (paper grid), not the synthetic one")
     args = parser.parse_args()
+    trained = None
+    if args.basis:
+        from dzspec.io.bases import load_basis
+
+        store, _, name = args.basis.rpartition(":")
+        trained = load_basis(store, name)
+        if (trained.grid.size, trained.grid.step) != (N_REST, DELTA):
+            raise SystemExit(f"{args.basis}: basis grid {trained.grid} is not the paper grid")
+        args.k = trained.rank
 
     j0 = round((np.log10(4750.0) - GAMMA0) / DELTA)
     n_obs = round((np.log10(9350.0) - GAMMA0) / DELTA) - j0 + 1
     z, shifts, lags = trial_grid(DELTA, j0)
     print(f"rest grid N = {N_REST}, observed n_obs = {n_obs} (j0 = {j0}), trials = {z.size}, k = {args.k}")
     with threadpool_limits(1):
-        h = synthetic_basis(args.k)
+        h = synthetic_basis(args.k) if trained is None else trained.basis
+        print("basis:", "synthetic" if trained is None else f"trained {args.basis}")
         t0 = time.perf_counter()
         prepared = prepare_basis(h, n_obs)
         print(f"prepare_basis: {time.perf_counter() - t0:.3f} s, FFT length {prepared.fft_len}")
