@@ -38,6 +38,7 @@ __all__ = [
     "IngestWarn",
     "SpecMask",
     "code_of",
+    "duplicated_targetid_rows",
     "file_sha256",
     "flag_attrs",
     "make_spectra_dataset",
@@ -123,6 +124,19 @@ def flag_attrs(flags: type[enum.IntFlag] | tuple[str, ...]) -> dict[str, Any]:
         "flag_masks": [int(m) for m in members],
         "flag_meanings": " ".join(str(m.name) for m in members),
     }
+
+
+def duplicated_targetid_rows(targetid: np.ndarray) -> np.ndarray:
+    """Rows whose known targetid (>= 0; -1 means unknown) occurs more than once.
+
+    Examples
+    --------
+    >>> duplicated_targetid_rows(np.array([5, -1, 7, 5, -1])).tolist()
+    [0, 3]
+    """
+    targetid = np.asarray(targetid)
+    values, counts = np.unique(targetid[targetid >= 0], return_counts=True)
+    return np.flatnonzero(np.isin(targetid, values[counts > 1]))
 
 
 def file_sha256(path: str | PathLike[str], chunk_bytes: int = 1 << 22) -> str:

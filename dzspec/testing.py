@@ -26,8 +26,14 @@ __all__ = [
     "write_synthetic_store",
 ]
 
+
+
+def _synthetic_wavelength(nwave: int) -> np.ndarray:
+    return 4750.0 + 1.25 * np.arange(nwave)
+
+
 #: A MUSE-like vacuum grid (4750-9350 Angstrom at 1.25 Angstrom, 3681 pixels).
-MUSE_LIKE_WAVELENGTH = 4750.0 + 1.25 * np.arange(3681)
+MUSE_LIKE_WAVELENGTH = _synthetic_wavelength(3681)
 
 
 def synthetic_arrays(
@@ -146,10 +152,6 @@ def write_synthetic_chunk(path: str, group: str, start: int, stop: int, nwave: i
     dataset = synthetic_dataset(np.arange(start, stop), _synthetic_wavelength(nwave), seed)
     zstore.write_rows(target, dataset.assign_coords(source_row=("spectrum", np.arange(start, stop))), start)
     return stop - start
-
-
-def _synthetic_wavelength(nwave: int) -> np.ndarray:
-    return 4750.0 + 1.25 * np.arange(nwave)
 
 
 # --------------------------------------------------------------------------- a toy simulator for the runner tests

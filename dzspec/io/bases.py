@@ -74,7 +74,7 @@ def save_basis(
         array = group.create_array(array_name, shape=values.shape, chunks=values.shape or (1,), dtype=values.dtype,
                                    dimension_names=dims, fill_value=0)
         array[...] = values
-    group.attrs.update(zstore._jsonable({
+    group.attrs.update(zstore.jsonable({
         "name": name,
         "grid_start": grid.start,
         "grid_step": grid.step,

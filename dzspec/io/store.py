@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "BlockPlan",
     "chunk_rows_for",
+    "jsonable",
     "open_results",
     "open_root",
     "open_spectra",
@@ -209,11 +210,11 @@ def _create(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[
         fill_value=fill,
         compressors=_COMPRESSORS,
         dimension_names=dims,
-        attributes=_jsonable(dict(attrs or {})),
+        attributes=jsonable(dict(attrs or {})),
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Attributes as plain JSON types (NumPy scalars and arrays are not JSON)."""
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
@@ -230,7 +231,7 @@ def create_spectra_group(
                    template["wavelength"].attrs)
     wave[:] = template["wavelength"].values
     group.attrs.update(
-        _jsonable(
+        jsonable(
             {
                 "schema_version": SCHEMA_VERSION,
                 "dzspec_version": __version__,
@@ -318,7 +319,7 @@ def manifest_of(group: zarr.Group) -> list[dict[str, Any]]:
 
 
 def set_manifest(group: zarr.Group, manifest: Sequence[Mapping[str, Any]]) -> None:
-    group.attrs["manifest"] = _jsonable(list(manifest))
+    group.attrs["manifest"] = jsonable(list(manifest))
 
 
 def input_id(group: zarr.Group) -> str:
@@ -356,7 +357,7 @@ def create_results_group(
     create_block_flags(group, plan.nblocks)
     for name in outputs:
         group[name].attrs["coordinates"] = "targetid"
-    group.attrs.update(_jsonable({**attrs, "plan": plan.as_dict(), "status": "running",
+    group.attrs.update(jsonable({**attrs, "plan": plan.as_dict(), "status": "running",
                                   "dzspec_version": __version__}))
     return group
 

@@ -11,7 +11,7 @@ import zarr
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.schema import SPECTRUM_COORDS, IngestWarn, SpecMask
+from dzspec.schema import SPECTRUM_COORDS, IngestWarn, SpecMask, duplicated_targetid_rows
 
 __all__ = ["Problem", "validate_store"]
 
@@ -141,11 +141,8 @@ def _check_values(group: zarr.Group, where: str, nspec: int) -> list[Problem]:
     if empty.size:
         problems.append(Problem(f"{where} {_rows(empty, 0)}", "spectra without any data (kept, flagged EMPTY)",
                                 "warning"))
-    targetid = group["targetid"][:]
-    known = targetid[targetid >= 0]
-    values, counts = np.unique(known, return_counts=True)
-    if (counts > 1).any():
-        duplicated = np.flatnonzero(np.isin(targetid, values[counts > 1]))
+    duplicated = duplicated_targetid_rows(group["targetid"][:])
+    if duplicated.size:
         unflagged = duplicated[(group["ingest_warn"][:][duplicated] & IngestWarn.DUPLICATE_TARGETID) == 0]
         if unflagged.size:
             problems.append(Problem(f"{where}/targetid {_rows(unflagged, 0)}", "duplicated but not flagged"))

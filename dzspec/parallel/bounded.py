@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-__all__ = ["map_bounded"]
+__all__ = ["map_bounded", "peak_rss_bytes"]
 
 
 def map_bounded(
@@ -59,3 +60,8 @@ def map_bounded(
             bar.update(1)
             submit_next()
             yield label, result, error
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this (worker) process so far; tasks return it so runs can report it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import json
 import logging
-import resource
 import time
 import warnings
 from dataclasses import asdict, dataclass, is_dataclass
@@ -31,7 +30,7 @@ from dzspec._version import __version__
 from dzspec.errors import DzspecWarning, StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.simulate.common import SimulatedBlock
-from dzspec.parallel.bounded import map_bounded
+from dzspec.parallel.bounded import map_bounded, peak_rss_bytes
 from dzspec.schema import INSTRUMENTS, SURVEYS, IngestWarn, code_of, flag_attrs, make_spectra_dataset
 
 __all__ = ["GenerateReport", "generate_to_store", "run_id"]
@@ -139,7 +138,7 @@ def _generate_block(store: str, group: str, exposures_group: str | None, run: st
         zstore.write_rows(root[exposures_group], exp_ds, int(rows[0] * nexp))
     zstore.write_rows(root[group], target.assign_coords(**coords), start)
     zstore.mark_block_done(root[f"progress/{run}"], block)
-    return block, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return block, peak_rss_bytes()
 
 
 def generate_to_store(
@@ -184,9 +183,8 @@ def generate_to_store(
         group = zstore.create_spectra_group(root, template, chunk_rows=chunk_rows)
     zstore.ensure_spectrum_arrays(group, template)
     group["sim_class"].attrs.update(flag_attrs(tuple(spec.classes)))
-    flags = getattr(spec, "flags", None)
-    if flags is not None and "sim_flags" in group:
-        group["sim_flags"].attrs.update(flag_attrs(flags))
+    if spec.flags is not None and "sim_flags" in group:
+        group["sim_flags"].attrs.update(flag_attrs(spec.flags))
 
     manifest = zstore.manifest_of(group)
     code = next((i for i, e in enumerate(manifest) if e["sha256"] == f"simulate:{run}"), None)

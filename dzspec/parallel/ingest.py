@@ -33,7 +33,7 @@ from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError, Unknown
 from dzspec.io import store as zstore
 from dzspec.io.registry import identify_format, read_spectra
 from dzspec.parallel.bounded import map_bounded
-from dzspec.schema import IngestWarn, file_sha256
+from dzspec.schema import IngestWarn, duplicated_targetid_rows, file_sha256
 
 __all__ = ["IngestReport", "expand_inputs", "ingest"]
 
@@ -149,12 +149,10 @@ def _chunk_tasks(entries: list[dict[str, Any]], codes: dict[str, int], chunk_row
 
 def _flag_duplicate_targetids(group: Any, path: str) -> None:
     targetid = group["targetid"][:]
-    known = targetid >= 0
-    values, counts = np.unique(targetid[known], return_counts=True)
-    duplicated = values[counts > 1]
-    if not duplicated.size:
+    rows = duplicated_targetid_rows(targetid)
+    if not rows.size:
         return
-    rows = np.flatnonzero(np.isin(targetid, duplicated))
+    duplicated = np.unique(targetid[rows])
     flags = group["ingest_warn"][:]
     if np.all(flags[rows] & IngestWarn.DUPLICATE_TARGETID):
         return  # flagged by an earlier ingest; nothing new to say

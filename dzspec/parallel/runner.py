@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from distributed import Client
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.base import KernelSpec
-from dzspec.parallel.bounded import map_bounded
+from dzspec.parallel.bounded import map_bounded, peak_rss_bytes
 
 __all__ = ["BlockFailed", "RunReport", "config_sha256", "run_kernel"]
 
@@ -99,7 +98,7 @@ def _block_task(
     except Exception as exc:
         where = f"{store}/{results}: block {block} (rows {start}:{stop})"
         raise BlockFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
-    return block, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return block, peak_rss_bytes()
 
 
 def _prepare_results(

@@ -28,6 +28,7 @@ from distributed import Client
 from dzspec.io import store as zstore
 from dzspec.kernels.nmf_train import NMFResult, basis_half_step, basis_terms, coefficient_half_step, run_schedule
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid, to_log_grid
+from dzspec.schema import IngestWarn
 
 __all__ = ["load_training_block", "select_training_rows", "train_basis"]
 
@@ -46,7 +47,7 @@ def select_training_rows(store: str | PathLike[str], group: str | None = None, *
     z = source[z_name][:]
     usable = np.isfinite(z) & (z > -1)
     if "ingest_warn" in source:
-        usable &= (source["ingest_warn"][:] & 1) == 0  # IngestWarn.EMPTY
+        usable &= (source["ingest_warn"][:] & IngestWarn.EMPTY) == 0
     rows = np.flatnonzero(usable)
     if max_spectra is not None and rows.size > max_spectra:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_spectra, replace=False))
