@@ -140,6 +140,10 @@ class NMFResult:
         Iterations run at each stage (one entry per rank, plus the final re-run for the sequential schedule).
     offset
         The Shift-NMF offset ``y0`` (0 for nearly-NMF).
+    rank_bases
+        Sequential schedule: the basis at the end of each rank's stage, ``rank_bases[r - 1]`` of shape ``(r, l)``
+        (before the final full-rank re-run). Sequential training to rank k is training to every rank r < k up to
+        that re-run, so one run serves a rank scan (cross-validation over ranks).
     """
 
     basis: np.ndarray
@@ -150,6 +154,7 @@ class NMFResult:
     offset: float = 0.0
     method: str = "nearly"
     seed: int | None = None
+    rank_bases: list[np.ndarray] = field(default_factory=list)
 
 
 Iterate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
@@ -165,7 +170,8 @@ def run_schedule(
     ``iterate(W, H) -> (W, H, chi2)`` performs one full iteration and returns chi2 per pixel afterwards. The
     initial draws come from ``default_rng(seed)`` in a fixed order, so a distributed run starts exactly where a
     local one does. A stage stops when the relative decrease between successive iterations is <= ``tol``
-    (never after its first iteration). Appends to ``result.chi2_history`` and ``result.iterations``.
+    (never after its first iteration). Appends to ``result.chi2_history``, ``result.iterations`` and (sequential)
+    ``result.rank_bases``.
     """
     rng = np.random.default_rng(seed)
 
@@ -190,6 +196,7 @@ def run_schedule(
         w = np.hstack([w, rng.uniform(size=(n, 1))])
         h = np.vstack([h, rng.uniform(size=(1, npix))])
         w, h = run(w, h, stop=True)
+        result.rank_bases.append(h.copy())
     return run(w, h, stop=True)  # the final re-run at full rank (Moose's sequential schedule)
 
 
@@ -262,5 +269,7 @@ def train_nmf(
     w, h = run_schedule(x.shape[0], x.shape[1], rank, iterate, result, schedule=schedule, max_iter=max_iter,
                         tol=tol, seed=seed, init=init)
     h[:, ~result.covered] = 0.0
+    for snapshot in result.rank_bases:
+        snapshot[:, ~result.covered] = 0.0
     result.basis, result.coefficients = h, w
     return result

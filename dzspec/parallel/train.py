@@ -4,13 +4,17 @@ The training matrix never exists in one place. Each worker loads blocks of spect
 redshift), puts them on the rest-frame grid and keeps them. One iteration then costs one round trip:
 
 * every block updates its own coefficients (rows are independent) and returns its additive share of the basis
-  update, ``W_b^T V_b X_b`` and ``W_b^T V_b (W_b H)`` (k x l each);
+  update, ``W_b^T V_b X_b`` and ``W_b^T V_b (W_b H)``, over the block's window only;
 * the driver sums the shares and updates the basis ``H`` (k x l), which is broadcast for the next iteration;
 * a second pass returns each block's ``sum V (X - W H)^2`` and pixel count for the stop rule.
 
 The schedule (initial draws, sequential rank growth, stop rule) is :func:`dzspec.kernels.nmf_train.run_schedule`,
 the same code as the single-process :func:`~dzspec.kernels.nmf_train.train_nmf`, so both give the same basis up to
 the order of floating-point sums.
+
+Windows (METHODS §1.2, "Cost at MUSE scale"): a MUSE spectrum covers ~13 300 of the 53 918 rest pixels. The rows are
+sorted by redshift before they are cut into blocks, and each block keeps only the union of its rows' rest windows,
+outside which ``V = 0`` and ``X = 0`` make every term exactly zero: the same iterates for a fraction of the work.
 """
 
 from __future__ import annotations
@@ -58,24 +62,32 @@ def load_training_block(store: str, group: str, rows: np.ndarray, grid: LogGrid,
                         normalise: bool = True) -> dict[str, np.ndarray]:
     """Rows of a spectra group on the rest-frame grid: ``x`` (flux per log lambda, 0 where missing), ``v``
     (inverse variance), ``vx``; with ``normalise`` each spectrum is divided by its weighted RMS so that the data
-    are O(1) whatever the flux unit (the reference codes' absolute floors assume that)."""
+    are O(1) whatever the flux unit (the reference codes' absolute floors assume that).
+
+    Only the block's rest window ``(lo, hi)`` (the union of its rows' coverage, key ``window``) is kept: ``x`` and
+    ``v`` are ``(nrows, hi - lo)``, and are zero outside it anyway; ``covered`` is on the whole grid."""
     source = zstore.open_root(store)[group]
     wavelength = source["wavelength"][:]
     flux = source["flux"].oindex[rows, :]
     ivar = source["ivar"].oindex[rows, :]
     z = source[z_name].oindex[rows]
     x, v = to_log_grid(wavelength, flux, ivar, grid, z)
+    columns = np.flatnonzero(v.any(axis=0))
+    lo, hi = (int(columns[0]), int(columns[-1]) + 1) if columns.size else (0, 0)
+    x, v = x[:, lo:hi], v[:, lo:hi]
     if normalise:
         weight = v.sum(axis=1)
         rms = np.sqrt((v * x * x).sum(axis=1) / np.where(weight > 0, weight, 1.0))  # inverse-variance weighted
         scale = np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
         x = x / scale[:, None]
         v = v * (scale**2)[:, None]
-    return {"x": x, "v": v, "covered": (v > 0).any(axis=0), "min": float(np.min(x)) if x.size else 0.0}
+    covered = np.zeros(grid.size, dtype=bool)
+    covered[lo:hi] = (v > 0).any(axis=0)
+    return {"x": x, "v": v, "window": (lo, hi), "covered": covered, "min": float(np.min(x)) if x.size else 0.0}
 
 
-def _coverage_and_min(block: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-    return block["covered"], block["min"]
+def _summary(block: dict[str, np.ndarray]) -> tuple[np.ndarray, float, tuple[int, int]]:
+    return block["covered"], block["min"], block["window"]
 
 
 def _with_offset(block: dict[str, np.ndarray], y0: float) -> dict[str, np.ndarray]:
@@ -84,13 +96,23 @@ def _with_offset(block: dict[str, np.ndarray], y0: float) -> dict[str, np.ndarra
 
 def _block_iteration(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray,
                      y0: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w = coefficient_half_step(block["vx"], block["v"], w, h, y0)
-    return (w, *basis_terms(block["vx"], block["v"], w, h, y0))
+    lo, hi = block["window"]
+    w = coefficient_half_step(block["vx"], block["v"], w, h[:, lo:hi], y0)
+    return (w, *basis_terms(block["vx"], block["v"], w, h[:, lo:hi], y0))
 
 
 def _block_chi2(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray) -> tuple[float, int]:
-    resid = block["x"] - w @ h
+    lo, hi = block["window"]
+    resid = block["x"] - w @ h[:, lo:hi]
     return float(np.sum(block["v"] * resid * resid)), int(np.count_nonzero(block["v"]))
+
+
+def _sum_windows(parts: list[tuple[np.ndarray, ...]], windows: list[tuple[int, int]], shape: tuple[int, int],
+                 item: int) -> np.ndarray:
+    total = np.zeros(shape)
+    for part, (lo, hi) in zip(parts, windows, strict=True):
+        total[:, lo:hi] += part[item]
+    return total
 
 
 def training_id(store: str, group: str, rows: np.ndarray, grid: LogGrid, normalise: bool) -> str:
@@ -149,12 +171,15 @@ def train_basis(
         raise ValueError(f"{store}/{group}: no training spectra with a known {z_name}")
     starts = list(range(0, rows.size, block_rows))
     log.info("training rank %d on %d spectra of %s in %d blocks", rank, rows.size, group, len(starts))
-    blocks = [client.submit(load_training_block, store, group, rows[s : s + block_rows], grid, z_name, normalise,
-                            pure=False) for s in starts]
-    summaries = client.gather([client.submit(_coverage_and_min, b, pure=False) for b in blocks])
-    covered = np.logical_or.reduce([c for c, _ in summaries])
+    # sorted by redshift, a block's rows share most of their rest window; W is kept in this order
+    order = np.argsort(zstore.open_root(store)[group][z_name].oindex[rows], kind="stable")
+    blocks = [client.submit(load_training_block, store, group, rows[order[s : s + block_rows]], grid, z_name,
+                            normalise, pure=False) for s in starts]
+    summaries = client.gather([client.submit(_summary, b, pure=False) for b in blocks])
+    covered = np.logical_or.reduce([c for c, _, _ in summaries])
+    windows = [window for _, _, window in summaries]
     shift = method == "shift"
-    y0 = max(0.0, -min(m for _, m in summaries)) if shift else 0.0
+    y0 = max(0.0, -min(m for _, m, _ in summaries)) if shift else 0.0
     blocks = [client.submit(_with_offset, b, y0, pure=False) for b in blocks]
     slices = [slice(s, min(s + block_rows, rows.size)) for s in starts]
 
@@ -163,7 +188,8 @@ def train_basis(
         parts = client.gather([client.submit(_block_iteration, b, w[sl], h_future, y0 if shift else None,
                                              pure=False) for b, sl in zip(blocks, slices, strict=True)])
         w = np.vstack([p[0] for p in parts])
-        h = basis_half_step(h, sum(p[1] for p in parts), sum(p[2] for p in parts), shift=shift)
+        h = basis_half_step(h, _sum_windows(parts, windows, h.shape, 1), _sum_windows(parts, windows, h.shape, 2),
+                            shift=shift)
         h_future = client.scatter(h, broadcast=True, hash=False)
         sums = client.gather([client.submit(_block_chi2, b, w[sl], h_future, pure=False)
                               for b, sl in zip(blocks, slices, strict=True)])
@@ -174,6 +200,10 @@ def train_basis(
     w, h = run_schedule(rows.size, grid.size, rank, iterate, result, schedule=schedule, max_iter=max_iter, tol=tol,
                         seed=seed, init=None)
     h[:, ~covered] = 0.0
-    result.basis, result.coefficients = h, w
+    for snapshot in result.rank_bases:
+        snapshot[:, ~covered] = 0.0
+    coefficients = np.empty_like(w)
+    coefficients[order] = w  # back to the order of ``rows``
+    result.basis, result.coefficients = h, coefficients
     return result, training_id(store, group, rows, grid, normalise)
 

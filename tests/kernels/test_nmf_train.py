@@ -77,3 +77,18 @@ def test_uncovered_pixels_get_a_zero_basis_and_bad_weights_raise():
     assert (fit.basis[:, 7] == 0).all()
     with pytest.raises(ValueError, match="non-negative"):
         train_nmf(x, -v, 2)
+
+
+def test_sequential_training_keeps_every_rank_on_the_way():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(30, 3)) @ rng.uniform(size=(3, 25)) + rng.normal(0, 0.01, (30, 25))
+    v = np.ones_like(x)
+    v[:, :4] = 0  # an uncovered column stays zero in every snapshot
+    three = train_nmf(x, v, 3, max_iter=200, tol=1e-5)
+    two = train_nmf(x, v, 2, max_iter=200, tol=1e-5)
+    assert [b.shape for b in three.rank_bases] == [(1, 25), (2, 25), (3, 25)]
+    # rank 3 passes through exactly the rank-2 run's stages; only the final re-run differs
+    for a, b in zip(two.rank_bases, three.rank_bases[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(two.basis, two.rank_bases[-1]) or two.iterations[-1] == 1
+    assert all((b[:, :4] == 0).all() for b in three.rank_bases)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import zarr
 
 from dzspec.io.bases import load_basis, save_basis
 from dzspec.kernels.nmf_train import train_nmf
@@ -22,14 +23,32 @@ def test_distributed_training_equals_the_single_process_kernel(store, client, me
     assert rows.size == 40
     result, training = train_basis(store, client, 3, rows=rows, grid=GRID, method=method, max_iter=25, tol=1e-4,
                                    block_rows=16)
-    data = load_training_block(str(store.resolve()), group, rows, GRID)
-    local = train_nmf(data["x"], data["v"], 3, method=method, max_iter=25, tol=1e-4)
+    # the distributed training keeps W in redshift order; the single-process kernel gets the same order
+    z = zarr.open_group(store, mode="r")[group]["z_true"][:]
+    order = np.argsort(z[rows], kind="stable")
+    data = load_training_block(str(store.resolve()), group, rows[order], GRID)
+    lo, hi = data["window"]
+    x, v = np.zeros((rows.size, GRID.size)), np.zeros((rows.size, GRID.size))
+    x[:, lo:hi], v[:, lo:hi] = data["x"], data["v"]
+    local = train_nmf(x, v, 3, method=method, max_iter=25, tol=1e-4)
     assert result.iterations == local.iterations
     np.testing.assert_allclose(result.chi2_history, local.chi2_history, rtol=1e-9)
     np.testing.assert_allclose(result.basis, local.basis, rtol=1e-7, atol=1e-12 * np.abs(local.basis).max())
     np.testing.assert_array_equal(result.covered, local.covered)
+    np.testing.assert_allclose(result.coefficients[order], local.coefficients, rtol=1e-7)
     assert result.basis.shape == (3, GRID.size) and (result.basis >= 0).all()
     assert len(training) == 64
+
+
+def test_blocks_keep_only_their_rest_window(store):
+    group, rows = select_training_rows(store)
+    z = zarr.open_group(store, mode="r")[group]["z_true"][:]
+    low_z = rows[np.argsort(z[rows])[:8]]
+    block = load_training_block(str(store.resolve()), group, low_z, GRID)
+    lo, hi = block["window"]
+    assert block["x"].shape == (8, hi - lo) and hi - lo < GRID.size
+    assert block["v"][:, 0].any() and block["v"][:, -1].any()  # the window is tight
+    assert block["covered"].sum() == np.count_nonzero(block["v"].any(axis=0))
 
 
 def test_trained_basis_saves_with_its_grid(store, client, tmp_path):
