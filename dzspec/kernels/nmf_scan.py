@@ -20,7 +20,8 @@ previous shift (METHODS §5.3). ``scipy.optimize.nnls(G, b)`` would minimise a d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -62,9 +63,16 @@ Weighting = Literal["weighted", "unweighted"]
 #: Pivot below this fraction of the diagonal = linearly dependent variable (dropped).
 _PIVOT_REL = 1e-13
 #: A basis row is "weakly supported" at a lag when its FFT ``G_aa`` is below this fraction of its Cauchy-Schwarz bound
-#: ``||H_a^2||_2 ||w||_2`` (the scale of the FFT round-off, ~1e-16 of it); its Gram row and projection are then
-#: recomputed by direct sums over the row's non-zero pixels in the window (exact, and cheap at such lags).
+#: ``||H_a^2||_2 ||w||_2`` (the scale of the FFT round-off, ~1e-16 of it). Its Gram row and projection are then
+#: recomputed by FFTs restricted to the pixels those lags' windows cover (round-off relative to the row's size
+#: *there*), halving the set of lags while some stay weak, and by direct sums for the last few (:func:`_refine_row`).
 _WEAK_REL = 1e-6
+#: Lags (per row and group) at or below which the weak-row refinement sums directly instead of by FFT.
+_DIRECT_LAGS = 24
+#: Halvings of a group of weak lags before the remaining ones are summed directly.
+_MAX_HALVINGS = 8
+#: Forward FFTs of restricted pair products kept per prepared basis (~6 MB each at the paper's grid).
+_RANGE_CACHE = 32
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -328,6 +336,8 @@ class PreparedBasis:
         ``support_index[support_offset[a]:support_offset[a + 1]]``.
     spike_pixels : sorted rest pixels left out of the FFTs (``fft_h``, ``fft_hh``, ``hh_norm``) and summed directly
         at every lag instead: the few pixels where a row towers over its own typical level.
+    smooth : ``basis`` with the spike pixels set to 0 (what the FFTs see).
+    restricted_cache : forward FFTs of restricted pair products reused across spectra (:func:`_refine_row`).
     """
 
     basis: np.ndarray
@@ -342,6 +352,8 @@ class PreparedBasis:
     support_index: np.ndarray
     support_offset: np.ndarray
     spike_pixels: np.ndarray
+    smooth: np.ndarray
+    restricted_cache: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -428,6 +440,7 @@ def prepare_basis(basis: np.ndarray, n_obs: int, *, support_floor: float = 0.0) 
         support_index=cols.astype(np.int64),
         support_offset=np.r_[0, np.cumsum(np.bincount(rows, minlength=k))].astype(np.int64),
         spike_pixels=spikes,
+        smooth=smooth,
     )
 
 
@@ -494,12 +507,7 @@ def gram_projections(
     b = np.ascontiguousarray(cols[:, npair:])
     _add_spikes(prepared.basis, prepared.spike_pixels, w, w * f, lags, gp, b, prepared.pair_a, prepared.pair_b,
                 prepared.n_obs)
-    diag = np.diagonal(prepared.pair_index)
-    threshold = _WEAK_REL * prepared.hh_norm[diag] * np.linalg.norm(w)
-    _refine_weak(
-        prepared.basis, w, w * f, lags, gp, b, threshold, prepared.pair_index,
-        prepared.support_index, prepared.support_offset, prepared.n_obs,
-    )  # fmt: skip
+    _refine_weak(prepared, w, w * f, lags, gp, b)
     return gp, b, float(np.sum(w * f * f))
 
 
@@ -518,34 +526,100 @@ def _add_spikes(h, spikes, w, wf, lags, gp, b, pa, pb, n_obs):  # pragma: no cov
                 b[i, a] += wf[j] * h[a, p]
 
 
+def _refine_weak(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, lags: np.ndarray, gp: np.ndarray,
+                 b: np.ndarray) -> None:
+    """Recompute, in place, the Gram rows and projections of basis rows that are weakly supported at some lags."""
+    diag = np.diagonal(prepared.pair_index)
+    weak = gp[:, diag] < _WEAK_REL * prepared.hh_norm[diag] * np.linalg.norm(w)
+    weak &= (lags > -prepared.n_obs)[:, None] & (lags < prepared.n_rest)[:, None]
+    for a in np.flatnonzero(weak.any(axis=0)):
+        idx = np.flatnonzero(weak[:, a])
+        idx = idx[np.argsort(lags[idx], kind="stable")]
+        # lags further apart than a window share no pixel: refine such groups separately
+        for group in np.split(idx, np.flatnonzero(np.diff(lags[idx]) > prepared.n_obs) + 1):
+            _refine_row(prepared, w, wf, int(a), group, lags, gp, b, 0)
+
+
+def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, idx: np.ndarray, lags: np.ndarray,
+                gp: np.ndarray, b: np.ndarray, halvings: int) -> None:
+    """Gram row ``a`` and ``b_a`` at ``lags[idx]`` (sorted) from FFTs over only the pixels these windows cover.
+
+    The round-off is then relative to row ``a``'s size on those pixels rather than over the whole grid; lags where
+    it is still too weak are split in two halves and refined again, and the last few are summed directly.
+    """
+    n_obs, k = prepared.n_obs, prepared.k
+    pairs = prepared.pair_index[a]
+    sub = lags[idx]
+    if idx.size <= _DIRECT_LAGS or halvings >= _MAX_HALVINGS:
+        g_rows, b_rows = np.zeros((idx.size, k)), np.zeros(idx.size)
+        _direct_row(prepared.basis, w, wf, a, sub, prepared.support_index, prepared.support_offset, n_obs, g_rows,
+                    b_rows)
+        gp[idx[:, None], pairs[None, :]] = g_rows
+        b[idx, a] = b_rows
+        return
+    # exactly the covered pixels (widening towards a row's bright part would spoil the point); spectra of one
+    # instrument mostly share these ranges, so the forward FFTs are kept for the next spectra
+    p0, p1 = max(int(sub[0]), 0), min(int(sub[-1]) + n_obs, prepared.n_rest)
+    length = scipy.fft.next_fast_len(p1 - p0 + n_obs, real=True)
+    cache = prepared.restricted_cache
+    key = (a, p0, p1)
+    if key in cache:
+        cache.move_to_end(key)
+        forward, norm_aa = cache[key]
+    else:
+        h = prepared.smooth[:, p0:p1]
+        products = np.vstack([h[a] * h, h[a]])  # (k + 1, m): the Gram row's pair products, then the row itself
+        forward = scipy.fft.rfft(products, n=length, axis=-1, workers=1)
+        norm_aa = float(np.linalg.norm(products[a]))
+        cache[key] = (forward, norm_aa)
+        while len(cache) > _RANGE_CACHE:
+            cache.popitem(last=False)
+    spectra = np.empty_like(forward)
+    np.multiply(forward[:k], np.conj(scipy.fft.rfft(w, n=length, workers=1)), out=spectra[:k])
+    np.multiply(forward[k], np.conj(scipy.fft.rfft(wf, n=length, workers=1)), out=spectra[k])
+    corr = scipy.fft.irfft(spectra, n=length, axis=-1, workers=1, overwrite_x=True)
+    cols = corr[:, np.mod(sub - p0, length)].T  # (nsub, k + 1)
+    g_rows, b_rows = np.ascontiguousarray(cols[:, :k]), np.ascontiguousarray(cols[:, k])
+    _add_row_spikes(prepared.basis, a, prepared.spike_pixels, w, wf, sub, g_rows, b_rows, n_obs)
+    fine = g_rows[:, a] >= _WEAK_REL * norm_aa * np.linalg.norm(w)
+    gp[idx[fine, None], pairs[None, :]] = g_rows[fine]
+    b[idx[fine], a] = b_rows[fine]
+    rest = idx[~fine]
+    if rest.size:
+        half = rest.size // 2
+        _refine_row(prepared, w, wf, a, rest[:half], lags, gp, b, halvings + 1)
+        _refine_row(prepared, w, wf, a, rest[half:], lags, gp, b, halvings + 1)
+
+
 @njit(cache=True)
-def _refine_weak(h, w, wf, lags, gp, b, threshold, pair_index, sup, off, n_obs):  # pragma: no cover - compiled
-    """Direct sums for the Gram rows and projections of weakly supported basis rows (FFT round-off too large)."""
+def _add_row_spikes(h, a, spikes, w, wf, lags, g_rows, b_rows, n_obs):  # pragma: no cover - compiled
+    """:func:`_add_spikes` for Gram row ``a`` and ``b_a`` only."""
+    for i in range(lags.shape[0]):
+        for p in spikes:
+            j = p - lags[i]
+            if j < 0 or j >= n_obs or w[j] == 0.0:
+                continue
+            for c in range(h.shape[0]):
+                g_rows[i, c] += w[j] * h[a, p] * h[c, p]
+            b_rows[i] += wf[j] * h[a, p]
+
+
+@njit(cache=True)
+def _direct_row(h, w, wf, a, lags, sup, off, n_obs, g_rows, b_rows):  # pragma: no cover - compiled
+    """Direct sums of Gram row ``a`` and ``b_a`` at each lag, over row ``a``'s non-zero pixels in the window."""
     k = h.shape[0]
-    acc = np.zeros(k)
+    row = sup[off[a] : off[a + 1]]
     for i in range(lags.shape[0]):
         s = lags[i]
-        for a in range(k):
-            if gp[i, pair_index[a, a]] >= threshold[a]:
+        for q in range(np.searchsorted(row, s), np.searchsorted(row, s + n_obs)):
+            p = row[q]
+            wj = w[p - s]
+            if wj == 0.0:
                 continue
-            row = sup[off[a] : off[a + 1]]
-            lo = np.searchsorted(row, s)
-            hi = np.searchsorted(row, s + n_obs)
+            t = wj * h[a, p]
             for c in range(k):
-                acc[c] = 0.0
-            bb = 0.0
-            for q in range(lo, hi):
-                p = row[q]
-                wj = w[p - s]
-                if wj == 0.0:
-                    continue
-                t = wj * h[a, p]
-                for c in range(k):
-                    acc[c] += t * h[c, p]
-                bb += wf[p - s] * h[a, p]
-            for c in range(k):
-                gp[i, pair_index[a, c]] = acc[c]
-            b[i, a] = bb
+                g_rows[i, c] += t * h[c, p]
+            b_rows[i] += wf[p - s] * h[a, p]
 
 
 def _unweighted_gram(prepared: PreparedBasis, lags: np.ndarray) -> np.ndarray:
@@ -565,12 +639,7 @@ def _unweighted_projections(prepared: PreparedBasis, f: np.ndarray, lags: np.nda
     ones = np.ones(prepared.n_obs)
     _add_spikes(prepared.basis, prepared.spike_pixels, ones, f, lags, np.zeros_like(ug), b, prepared.pair_a,
                 prepared.pair_b, prepared.n_obs)
-    diag = np.diagonal(prepared.pair_index)
-    threshold = _WEAK_REL * prepared.hh_norm[diag] * math.sqrt(prepared.n_obs)
-    _refine_weak(
-        prepared.basis, ones, f, lags, ug.copy(), b, threshold, prepared.pair_index,
-        prepared.support_index, prepared.support_offset, prepared.n_obs,
-    )  # fmt: skip
+    _refine_weak(prepared, ones, f, lags, ug.copy(), b)
     return b
 
 

@@ -330,6 +330,35 @@ def test_spikes_at_poorly_covered_pixels_are_exact_and_cheap(spike):
     np.testing.assert_allclose(approx[supported], direct[supported], rtol=1e-9)
 
 
+def test_bright_region_rows_are_exact_through_restricted_ffts(monkeypatch):
+    """A row 1e8 times brighter over 300 pixels (too many to be spikes) than on its floor elsewhere: where the window
+    misses the bright part, the global FFT Gram is noise; restricted FFTs recover it, nearly without direct sums."""
+    import dzspec.kernels.nmf_scan as nmf_scan
+
+    h = _basis()
+    h[2] += 1.0
+    h[2, 100:400] += 1e8
+    prepared = prepare_basis(h, N_OBS)
+    assert prepared.spike_pixels.size == 64  # the cap: most of the bright region stays in the FFTs
+    summed = []
+    direct = nmf_scan._direct_row
+
+    def counting(*args):
+        summed.append(args[4].size)
+        return direct(*args)
+
+    monkeypatch.setattr(nmf_scan, "_direct_row", counting)
+    shifts = np.arange(0, 2400, 2)
+    f, w = _spectrum(h, 300, seed=4, omega=(0.3, 1.0, 1e-8, 0.7))
+    chi2, _ = scan_chi2(prepared, f, w, J0 - shifts)
+    ref, _ = reference_scan(h, f, w, J0 - shifts)
+    np.testing.assert_allclose(chi2, ref, rtol=1e-9)
+    assert sum(summed) < 0.1 * shifts.size  # only lags whose window edge touches the bright part
+    assert len(prepared.restricted_cache) > 0
+    again, _ = scan_chi2(prepared, f, w, J0 - shifts)  # from the cached forward FFTs
+    np.testing.assert_array_equal(again, chi2)
+
+
 def test_robustness_is_stable_against_rounding_on_a_plateau_at_q1():
     """A quarter-plus of the trials at exactly chi2 = c (no basis overlap) sits at Q1; 1e-13 noise must not move R."""
     from dzspec.kernels.nmf_scan import chi2_metrics
