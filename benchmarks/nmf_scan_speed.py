@@ -9,9 +9,14 @@ that compiles the numba kernels), and the straightforward per-trial weighted ``s
 matrix on ``--ref-trials`` trials of ``--ref-spectra`` spectra, extrapolated to 13 401 trials. On the evaluated trials
 it checks the same argmin and chi2 within 1e-8 relative.
 
+With ``--basis STORE:NAME`` it scans with a basis trained by ``dzspec train`` (trained bases are harder than the
+synthetic one: spikes and rows bright over part of the grid); with ``--spectra STORE`` it scans spectra of a store
+(e.g. ``dzspec simulate --survey muse``) instead of spectra made from the basis.
+
 Usage::
 
     python benchmarks/nmf_scan_speed.py --nspec 10 --ref-spectra 2 --ref-trials 300
+    python benchmarks/nmf_scan_speed.py --basis bases.zarr:nmf --spectra muse.zarr --nspec 60
 """
 
 from __future__ import annotations
@@ -64,6 +69,24 @@ def observed_spectra(h: np.ndarray, j0: int, n_obs: int, shifts: np.ndarray, see
     return np.array(flux), np.array(weights)
 
 
+def store_spectra(path: str, nspec: int, j0: int, n_obs: int, z: np.ndarray):
+    """``nspec`` random rows of a store on the observed log grid, and the trial index nearest their ``z_true``."""
+    from dzspec.io import store as zstore
+    from dzspec.kernels.restframe import PAPER_GRID, observed_window, to_log_grid
+
+    root = zstore.open_root(path)
+    source = root[zstore.resolve_spectra_group(root, None)]
+    wavelength = source["wavelength"][:]
+    if observed_window(wavelength, PAPER_GRID) != (j0, n_obs):
+        raise SystemExit(f"{path}: spectra do not cover the MUSE window 4750-9350 A of this benchmark")
+    rows = np.sort(np.random.default_rng(3).choice(source["flux"].shape[0], nspec, replace=False))
+    flux, weights = to_log_grid(wavelength, source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
+                                PAPER_GRID, window=(j0, n_obs))
+    z_true = source["z_true"].oindex[rows] if "z_true" in source else np.full(nspec, np.nan)
+    nearest = np.array([np.argmin(np.abs(z - zt)) if np.isfinite(zt) else -10 for zt in z_true])
+    return flux, weights, nearest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nspec", type=int, default=10)
@@ -72,6 +95,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--basis", metavar="STORE:NAME",
                         help="scan with a trained basis saved by `dzspec train` (paper grid), not the synthetic one")
+    parser.add_argument("--spectra", metavar="STORE", help="scan --nspec random spectra of this store's only group")
     args = parser.parse_args()
     trained = None
     if args.basis:
@@ -95,7 +119,10 @@ def main() -> None:
         print(f"prepare_basis: {time.perf_counter() - t0:.3f} s, FFT length {prepared.fft_len}")
         rng = np.random.default_rng(7)
         true_idx = rng.integers(0, z.size, args.nspec)
-        flux, weights = observed_spectra(h, j0, n_obs, shifts[true_idx])
+        if args.spectra:
+            flux, weights, true_idx = store_spectra(args.spectra, args.nspec, j0, n_obs, z)
+        else:
+            flux, weights = observed_spectra(h, j0, n_obs, shifts[true_idx])
         scan_block(prepared, flux[:1], weights[:1], shifts, DELTA, j0)  # warm-up (numba compile / cache load)
         times = []
         results = []
