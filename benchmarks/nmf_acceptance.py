@@ -86,7 +86,7 @@ def main() -> None:
             lo, hi = (int(x) for x in args.ranks.split("-"))
             cv = cross_validate_ranks(store, client, group=group, rows=pool, ranks=range(lo, hi + 1),
                                       folds=args.folds, train=train)
-            cv.to_zarr(args.out / "rank_selection.zarr", mode="w")
+            cv.to_zarr(args.out / "rank_selection.zarr", mode="w", consolidated=False)
             plot_rank_selection(cv, args.out / "rank_selection.png")
             table = cv[["gf_mean", "gf_std", "mae_mean", "mae_std"]].to_dataframe()
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))

@@ -1,5 +1,5 @@
-"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, zfind, gallery, formats,
-demo.
+"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, select-rank, zfind, gallery,
+formats, demo.
 
 Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
 clusters need a ``__main__`` guard, the console script has one).
@@ -119,6 +119,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select_rank(args: argparse.Namespace) -> int:
+    from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID
+    from dzspec.parallel.rank_selection import cross_validate_ranks
+    from dzspec.parallel.train import select_training_rows
+    from dzspec.viz.nmf import plot_rank_selection
+
+    lo, _, hi = args.ranks.partition("-")
+    ranks = range(int(lo), int(hi or lo) + 1)
+    grid = {"paper": PAPER_GRID, "moose": MOOSE_GRID}[args.grid]
+    group, rows = select_training_rows(args.store, args.group, max_spectra=args.max_spectra, seed=args.seed)
+    with _client(args) as client:
+        ds = cross_validate_ranks(args.store, client, ranks=ranks, folds=args.folds, group=group, rows=rows,
+                                  seed=args.seed, grid=grid, train={"max_iter": args.max_iter, "tol": args.tol})
+    args.out.mkdir(parents=True, exist_ok=True)
+    ds.to_zarr(args.out / "rank_selection.zarr", mode="w", consolidated=False)
+    table = ds[["gf_mean", "gf_std", "mae_mean", "mae_std"]].to_dataframe()
+    table.to_csv(args.out / "rank_selection.csv")
+    plot_rank_selection(ds, args.out / "rank_selection.png")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"chosen rank {ds.attrs['chosen_rank']} ({ds.attrs['rule']})")
+    print(f"wrote {args.out}/rank_selection.zarr, .csv, .png")
+    return 0
+
+
 def _cmd_zfind(args: argparse.Namespace) -> int:
     from dzspec.parallel.zfind import run_zfind
 
@@ -227,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing basis of that name")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("select-rank", help="choose the NMF rank by K-fold cross-validation (B26 3.5: GF and MAE)")
+    p.add_argument("store", help="spectra store whose rows have a finite z_true")
+    p.add_argument("--out", type=Path, required=True, help="folder for rank_selection.{zarr,csv,png}")
+    p.add_argument("--ranks", default="6-13", help="ranks to compare, e.g. 6-13 (B26)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--grid", choices=("paper", "moose"), default="paper", help="rest-frame grid constants")
+    p.add_argument("--max-iter", type=int, default=1300, help="training iterations per rank at most")
+    p.add_argument("--tol", type=float, default=1e-3, help="stop a rank when the relative chi2 decrease is below this")
+    p.add_argument("--max-spectra", type=int, help="cross-validate on a random subset of this size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the fold assignment")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_select_rank)
 
     p = sub.add_parser("zfind", help="NMF redshifts of every spectrum of a store (exact fast chi2(z) scan)")
     p.add_argument("store")

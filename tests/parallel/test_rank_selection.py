@@ -57,3 +57,15 @@ def test_cross_validation_equals_training_and_scanning_each_fold_locally(store, 
     out = nmf_zfind(wavelength, source["flux"].oindex[held, :], source["ivar"].oindex[held, :], prepared=prepared,
                     grid=GRID, shifts=GRID.shift_of(trials))
     np.testing.assert_array_equal(ds.z_pred.sel(rank=2).values[ds.fold.values == 1], out["z"])
+
+
+def test_cli_select_rank_writes_table_and_figure(store, tmp_path, capsys):
+    from dzspec.cli import main
+
+    out = tmp_path / "cv"
+    assert main(["select-rank", str(store), "--out", str(out), "--ranks", "1-2", "--folds", "2", "--grid", "paper",
+                 "--max-iter", "3", "--workers", "1", "--no-progress"]) == 0
+    assert (out / "rank_selection.png").stat().st_size > 10_000
+    table = (out / "rank_selection.csv").read_text().splitlines()
+    assert table[0].startswith("rank,gf_mean") and len(table) == 3
+    assert "chosen rank" in capsys.readouterr().out
