@@ -146,7 +146,10 @@ def _cmd_select_rank(args: argparse.Namespace) -> int:
 def _cmd_zfind(args: argparse.Namespace) -> int:
     from dzspec.parallel.zfind import run_zfind
 
-    params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting}
+    if args.chi2_decimate < 1:  # before a cluster starts
+        raise ValueError(f"--chi2-decimate must be at least 1, not {args.chi2_decimate}")
+    params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting,
+              "refine": not args.no_refine, "store_chi2": args.store_chi2, "chi2_decimate": args.chi2_decimate}
     with _client(args) as client:
         report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params, group=args.group,
                            resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
@@ -276,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dz", type=float, default=0.0005, help="trial step (B26: 0.0005)")
     p.add_argument("--weighting", choices=("weighted", "unweighted"), default="weighted",
                    help="NNLS weighting; unweighted reproduces the authors' code (chi2 stays weighted)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the sub-pixel refinement of the best trial (no z_refined, chi2_refined)")
+    p.add_argument("--store-chi2", action="store_true", help="also store chi2 over the trials (chi2_curve)")
+    p.add_argument("--chi2-decimate", type=int, default=1, metavar="N",
+                   help="with --store-chi2: keep the minimum of each N consecutive trials (default 1: all)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
     mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")

@@ -489,18 +489,28 @@ def gram_projections(
     """
     f, w = _clean(flux, weights)
     f, w = f[0], w[0]
+    return _at_lags(prepared, _correlate(prepared, f, w), f, w, lags)
+
+
+def _correlate(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The FFT cross-correlations of one (clean) spectrum with every pair product and basis row, at all lags."""
     if f.shape[0] != prepared.n_obs:
         raise ValueError(f"spectrum has {f.shape[0]} pixels, the prepared basis expects {prepared.n_obs}")
     length = prepared.fft_len
-    lags = np.asarray(lags, dtype=np.int64)
     fw = scipy.fft.rfft(w, n=length, workers=1)
     ffw = scipy.fft.rfft(w * f, n=length, workers=1)
     spec = np.empty((prepared.fft_hh.shape[0] + prepared.k, fw.shape[0]), dtype=np.complex128)
     np.multiply(prepared.fft_hh, np.conj(fw), out=spec[: prepared.fft_hh.shape[0]])
     np.multiply(prepared.fft_h, np.conj(ffw), out=spec[prepared.fft_hh.shape[0] :])
-    corr = scipy.fft.irfft(spec, n=length, axis=-1, workers=1, overwrite_x=True)
+    return scipy.fft.irfft(spec, n=length, axis=-1, workers=1, overwrite_x=True)
+
+
+def _at_lags(prepared: PreparedBasis, corr: np.ndarray, f: np.ndarray, w: np.ndarray,
+             lags: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Packed Grams and projections at ``lags`` from :func:`_correlate`'s output (spikes and weak rows exact)."""
+    lags = np.asarray(lags, dtype=np.int64)
     valid = (lags > -prepared.n_obs) & (lags < prepared.n_rest)
-    cols = np.take(corr, np.mod(lags, length), axis=1).T  # (nlag, npair + k)
+    cols = np.take(corr, np.mod(lags, prepared.fft_len), axis=1).T  # (nlag, npair + k)
     cols[~valid] = 0.0
     npair = prepared.fft_hh.shape[0]
     gp = np.ascontiguousarray(cols[:, :npair])
@@ -652,6 +662,7 @@ def scan_chi2(
     weighting: Weighting = "weighted",
     tol_rel: float = 1e-12,
     unweighted_gram: np.ndarray | None = None,
+    correlations: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """chi2 and NNLS coefficients of one spectrum at every lag (FFT Grams + warm-started exact NNLS).
 
@@ -665,7 +676,11 @@ def scan_chi2(
     >>> int(np.argmin(chi2)), round(float(omega[0, 0]), 12)
     (0, 2.0)
     """
-    gp, b, c = gram_projections(prepared, flux, weights, lags)
+    if correlations is None:
+        gp, b, c = gram_projections(prepared, flux, weights, lags)
+    else:  # the spectrum's FFT correlations, already computed for other lags (sub-pixel refinement)
+        f, w = _clean(flux, weights)
+        gp, b, c = _at_lags(prepared, correlations, f[0], w[0], lags)
     if weighting == "weighted":
         gs, bs = gp, b
     elif weighting == "unweighted":
@@ -752,7 +767,12 @@ class ScanResult:
     """Per-spectrum outputs of :func:`scan_block` (leading axis: spectrum). NaN / -1 where a spectrum has no data.
 
     ``z`` is the quantised redshift ``10**(shift*delta) - 1`` of the best trial; ``minima_*`` have a trailing axis of
-    length ``n_minima``; ``chi2`` is the full curve over the trials when requested.
+    length ``n_minima``; ``chi2`` is the full curve over the trials when requested. ``omega`` belongs to the best
+    *trial* (like ``chi2_min``), so it stays consistent with the trial-grid metrics.
+
+    With refinement (the default), ``z_refined`` is ``10**(shift*delta) - 1`` at the fractional shift of the parabola
+    vertex around the best integer shift within one trial step of the best trial, ``chi2_refined`` the chi2 at that
+    integer shift (never above ``chi2_min``) and ``omega_refined`` its coefficients; all three are None without it.
     """
 
     index: np.ndarray
@@ -766,6 +786,27 @@ class ScanResult:
     minima_significance: np.ndarray
     npixels: np.ndarray
     chi2: np.ndarray | None = None
+    z_refined: np.ndarray | None = None
+    chi2_refined: np.ndarray | None = None
+    omega_refined: np.ndarray | None = None
+
+
+def _parabola_vertex(y_minus: float, y0: float, y_plus: float) -> float:
+    """Vertex of the parabola through ``(-1, y_minus)``, ``(0, y0)``, ``(1, y_plus)``, clamped to [-0.5, 0.5].
+
+    Returns 0 where the parabola is not convex or a value is not finite (keep the integer minimum).
+
+    Examples
+    --------
+    >>> _parabola_vertex(1.5625, 0.0625, 0.5625)  # (x - 0.25)**2
+    0.25
+    >>> _parabola_vertex(4.0, 1.0, 0.1), _parabola_vertex(1.0, 0.0, -1.0)  # clamped; not convex
+    (0.5, 0.0)
+    """
+    curvature = y_minus - 2.0 * y0 + y_plus
+    if not (np.isfinite(curvature) and curvature > 0):
+        return 0.0
+    return float(np.clip(0.5 * (y_minus - y_plus) / curvature, -0.5, 0.5))
 
 
 def scan_block(
@@ -781,6 +822,7 @@ def scan_block(
     exclusion_steps: int = 25,
     n_minima: int = 5,
     return_chi2: bool = False,
+    refine: bool = True,
 ) -> ScanResult:
     """NMF redshift scan of a block of spectra on the observed grid ``gamma0 + (j0 + j) delta``.
 
@@ -791,15 +833,20 @@ def scan_block(
     shifts : (ntrial,) integer pixel shifts of the trial grid (:func:`trial_grid`), increasing.
     delta, j0 : grid step and the observed grid's first pixel index on the rest grid.
     weighting : "weighted" (dzspec default) or "unweighted" (Moose: w from the unweighted Gram).
+    return_chi2 : keep the chi2 curve over the trials (``ScanResult.chi2``, float64).
+    refine : sub-pixel refinement of the best trial (METHODS §1.3, not in B26): chi2 at every integer shift from
+        ``shifts[best - 1]`` to ``shifts[best + 1]`` (clipped at the grid ends), the lowest of them, then the
+        3-point parabola through it and its integer neighbours (:func:`_parabola_vertex`). The parabola's width is
+        not a calibrated error and is not returned.
 
     Examples
     --------
     >>> x = np.arange(300.0)
     >>> h = np.stack([np.exp(-0.5 * ((x - 120) / 3) ** 2), np.full(300, 0.1)])
     >>> flux = 2 * h[0, 100:200] + 0.1; weights = np.ones((1, 100))
-    >>> r = scan_block(prepare_basis(h, 100), flux[None], weights, np.arange(0, 60), 1e-4, 100)
-    >>> int(r.index[0]), bool(r.chi2_min[0] < 1e-12), int(r.npixels[0])
-    (0, True, 100)
+    >>> r = scan_block(prepare_basis(h, 100), flux[None], weights, np.arange(0, 60, 4), 1e-4, 100)
+    >>> int(r.index[0]), bool(r.chi2_min[0] < 1e-12), int(r.npixels[0]), abs(float(r.z_refined[0])) < 1e-12
+    (0, True, 100, True)
     """
     f, w = _clean(flux, weights)
     nspec = f.shape[0]
@@ -813,13 +860,20 @@ def scan_block(
         minima_z=np.full((nspec, n_minima), np.nan), minima_chi2=np.full((nspec, n_minima), np.nan),
         minima_significance=np.full((nspec, n_minima), np.nan), npixels=np.sum(w > 0, axis=1).astype(np.int64),
         chi2=np.full((nspec, ntrial), np.nan) if return_chi2 else None,
+        z_refined=np.full(nspec, np.nan) if refine else None, chi2_refined=np.full(nspec, np.nan) if refine else None,
+        omega_refined=np.full((nspec, k), np.nan) if refine else None,
     )  # fmt: skip
     zq = 10.0 ** (shifts * float(delta)) - 1.0
     ug = _unweighted_gram(prepared, lags) if weighting == "unweighted" else None
+    # Moose's Gram is spectrum-independent: one FFT pass over every integer shift of the grid serves all refinements
+    ug_all = (_unweighted_gram(prepared, int(j0) - np.arange(shifts[0], shifts[-1] + 1))
+              if refine and ntrial and weighting == "unweighted" else None)
     for i in range(nspec):
         if res.npixels[i] == 0:
             continue
-        chi2, omega = scan_chi2(prepared, f[i], w[i], lags, weighting=weighting, tol_rel=tol_rel, unweighted_gram=ug)
+        corr = _correlate(prepared, f[i], w[i])  # once per spectrum: the refinement reads other lags of it
+        chi2, omega = scan_chi2(prepared, f[i], w[i], lags, weighting=weighting, tol_rel=tol_rel, unweighted_gram=ug,
+                                correlations=corr)
         m = chi2_metrics(chi2, exclusion_steps=exclusion_steps, n_minima=n_minima)
         best = int(m["index"])
         if best < 0:
@@ -836,7 +890,32 @@ def scan_block(
         res.minima_significance[i] = m["minima_significance"]
         if res.chi2 is not None:
             res.chi2[i] = chi2
+        if refine:
+            _refine_best(prepared, f[i], w[i], shifts, best, chi2[best], omega[best], delta, j0, weighting, tol_rel,
+                         ug_all, corr, res, i)
     return res
+
+
+def _refine_best(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, best: int,
+                 chi2_best: float, omega_best: np.ndarray, delta: float, j0: int, weighting: Weighting,
+                 tol_rel: float, ug_all: np.ndarray | None, corr: np.ndarray, res: ScanResult, i: int) -> None:
+    """Fill spectrum ``i``'s refined outputs (:func:`scan_block`, ``refine``) from its best trial ``best``."""
+    lo, hi = shifts[max(best - 1, 0)], shifts[min(best + 1, shifts.size - 1)]
+    # one extra pixel each side (inside the grid), so a minimum at the window's edge still has both neighbours
+    fine = np.arange(max(lo - 1, shifts[0]), min(hi + 1, shifts[-1]) + 1)
+    ugf = None if ug_all is None else np.ascontiguousarray(ug_all[fine - shifts[0]])
+    chi2, omega = scan_chi2(prepared, f, w, int(j0) - fine, weighting=weighting, tol_rel=tol_rel,
+                            unweighted_gram=ugf, correlations=corr)
+    # the best trial's own shift is the same problem: reuse its values, so that chi2_refined <= chi2_min exactly
+    # whatever the round-off of the second FFT pass and the differently warm-started NNLS
+    at = int(shifts[best] - fine[0])
+    chi2[at], omega[at] = chi2_best, omega_best
+    window = np.flatnonzero((fine >= lo) & (fine <= hi))
+    j = int(window[np.argmin(chi2[window])])
+    offset = _parabola_vertex(chi2[j - 1], chi2[j], chi2[j + 1]) if 0 < j < fine.size - 1 else 0.0
+    res.z_refined[i] = 10.0 ** ((fine[j] + offset) * float(delta)) - 1.0  # type: ignore[index]
+    res.chi2_refined[i] = chi2[j]  # type: ignore[index]
+    res.omega_refined[i] = omega[j]  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

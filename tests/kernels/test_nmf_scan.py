@@ -368,3 +368,48 @@ def test_robustness_is_stable_against_rounding_on_a_plateau_at_q1():
     chi2[100] = 100.0
     noisy = chi2 * (1 + 1e-13 * rng.standard_normal(chi2.size))
     assert chi2_metrics(noisy)["robustness"] == pytest.approx(chi2_metrics(chi2)["robustness"], rel=1e-9)
+
+
+@pytest.mark.parametrize("weighting", ["weighted", "unweighted"])
+def test_refinement_beats_the_trial_grid(problem, weighting):
+    """True shifts half-way between trials (6-9 pixels apart): the refined shift lands on them, the coarse cannot."""
+    h, prepared = problem
+    _, shifts, _ = trial_grid(DELTA, J0, z_max=0.35, dz=0.002)
+    true = []
+    flux, weights = [], []
+    for seed in range(5):
+        for k in (45, 70, 95, 120, 145):
+            true.append(int(shifts[k] + (shifts[k + 1] - shifts[k]) // 2))
+            f, w = _spectrum(h, true[-1], seed=seed)
+            flux.append(f)
+            weights.append(w)
+    true = np.array(true)
+    flux.append(np.full(N_OBS, np.nan))
+    weights.append(np.zeros(N_OBS))
+    res = scan_block(prepared, np.stack(flux), np.stack(weights), shifts, DELTA, J0, weighting=weighting)
+    assert np.isnan(res.z_refined[-1]) and np.isnan(res.chi2_refined[-1]) and np.all(np.isnan(res.omega_refined[-1]))
+    coarse = np.log10(1 + res.z[:-1]) / DELTA - true
+    refined = np.log10(1 + res.z_refined[:-1]) / DELTA - true
+    assert np.all(res.chi2_refined[:-1] <= res.chi2_min[:-1])  # exactly: the best trial is among the candidates
+    assert np.all(res.omega_refined[:-1] >= 0)
+    ok = np.abs(coarse) < 10  # the rest are line aliases (~300 pixels), which refinement does not touch
+    assert ok.mean() >= 0.9
+    assert np.all(np.abs(coarse[ok]) >= 2.5)
+    assert np.all(np.abs(refined[ok]) < 0.5)
+    assert np.mean(np.abs(refined[ok])) < 0.05 * np.mean(np.abs(coarse[ok]))
+    assert np.all(np.abs(refined[~ok] - coarse[~ok]) <= 10)  # never leaves the +-1 trial window
+
+
+def test_refinement_is_optional_and_keeps_the_trial_outputs(problem):
+    h, prepared = problem
+    _, shifts, _ = trial_grid(DELTA, J0, z_max=0.35, dz=0.002)
+    f, w = _spectrum(h, int(shifts[80]) + 3, seed=4)
+    with_refine = scan_block(prepared, f[None], w[None], shifts, DELTA, J0, return_chi2=True)
+    without = scan_block(prepared, f[None], w[None], shifts, DELTA, J0, refine=False)
+    assert without.z_refined is None and without.chi2_refined is None and without.omega_refined is None
+    for name in ("index", "z", "chi2_min", "omega", "significance", "robustness", "minima_z"):
+        np.testing.assert_array_equal(getattr(with_refine, name), getattr(without, name), err_msg=name)
+    # chi2_refined is the scan's own chi2 at the chosen integer shift
+    s = np.rint(np.log10(1 + with_refine.z_refined[0]) / DELTA).astype(np.int64)
+    chi2, _ = scan_chi2(prepared, f, w, np.array([J0 - s]))
+    assert with_refine.chi2_refined[0] == pytest.approx(chi2[0], rel=1e-9)

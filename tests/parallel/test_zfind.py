@@ -112,3 +112,31 @@ def test_cli_zfind(setup, capsys):
     assert "4 blocks, 0 already done, 4 computed" in capsys.readouterr().out
     assert main([*args, "--resume"]) == 0
     assert "4 already done, 0 computed" in capsys.readouterr().out
+
+
+def test_zfind_stores_refined_z_and_decimated_chi2_curve(setup, client):
+    tmp, z_true, *_ = setup
+    report = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy",
+                       params={**PARAMS, "store_chi2": True, "chi2_decimate": 4}, results="results/zf_curve",
+                       progress=False)
+    assert report.complete
+    results = zstore.open_results(tmp / "s.zarr", report.results).compute()
+    curve = results.chi2_curve
+    assert curve.dims == ("spectrum", "trial") and curve.shape == (30, 251) and curve.dtype == np.float32
+    assert curve.attrs["decimate"] == 4 and len(curve.attrs["trial_z"]) == 251
+    assert curve.attrs["trial_z"][:2] == [0.0, 0.002]
+    # the minimum of every group survives decimation, so the curve's minimum is the best trial's chi2
+    np.testing.assert_array_equal(curve.values.min(axis=1), results.chi2.values.astype(np.float32))
+    good = np.setdiff1d(np.arange(30), [7])
+    assert np.isnan(results.z_refined.values[7]) and np.all(np.isnan(curve.values[7]))
+    assert np.all(np.isfinite(results.z_refined.values[good]))
+    assert np.all(results.chi2_refined.values[good] <= results.chi2.values[good])
+    # within one trial step of the best trial (steps are dz plus at most one basis pixel on the quantised grid)
+    step = 0.0005 + np.log(10) * GRID.step * (1 + results.z.values[good])
+    assert np.all(np.abs(results.z_refined.values[good] - results.z.values[good]) <= step)
+    # and sub-pixel: closer to the truth than the quantised trial, on average
+    assert (np.mean(np.abs(results.z_refined.values[good] - z_true[good]))
+            < 0.5 * np.mean(np.abs(results.z.values[good] - z_true[good])))
+    root = zstore.open_root(tmp / "s.zarr", mode="r")
+    stored = root[report.results]["chi2_curve"]
+    assert stored.chunks == (8, 251) and stored.compressors  # chunked along spectrum (the block), compressed
