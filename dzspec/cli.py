@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("formats", help="list the registered readers")
     p.set_defaults(func=_cmd_formats)
 
-    p = sub.add_parser("demo", help="simulate input files, ingest them, run the summary kernel, plot")
+    p = sub.add_parser("demo",
+                       help="simulate and ingest spectra, train an NMF basis, measure redshifts, plot")
     p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument("--files", type=int, default=8, help="simulated input files")
     p.add_argument("--spectra-per-file", type=int, default=500)
