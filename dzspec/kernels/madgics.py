@@ -40,6 +40,7 @@ __all__ = [
     "madgics_rescale_y",
     "reference_lae_scan",
     "scan_lae",
+    "sky_component",
 ]
 
 LAE_GRID_DELTA = 5e-5  #: U25's log10 pixel
@@ -187,13 +188,13 @@ class LAEScan:
     components: dict[str, np.ndarray] | None = None  #: posterior means sky, lae, res (nspec, n) when asked for
 
 
-def _sky_factor(prior: LAEPrior, weight: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _sky_factor(sky_vectors: np.ndarray, weight: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Cholesky factor of ``K = I + V_skyᵀ W V_sky``, ``a = L⁻¹ V_skyᵀ W d`` and ``chi2(sky + res)``."""
-    root_weighted = prior.sky_vectors * np.sqrt(weight)[:, None]
+    root_weighted = sky_vectors * np.sqrt(weight)[:, None]
     k = scipy.linalg.blas.dsyrk(1.0, root_weighted.T, lower=1)  # the lower triangle is all potrf reads
     k[np.diag_indices_from(k)] += 1.0
     chol = scipy.linalg.cholesky(k, lower=True)
-    a = scipy.linalg.solve_triangular(chol, prior.sky_vectors.T @ (weight * data), lower=True)
+    a = scipy.linalg.solve_triangular(chol, sky_vectors.T @ (weight * data), lower=True)
     return chol, a, float(data @ (weight * data) - a @ a)
 
 
@@ -342,15 +343,12 @@ def scan_lae(
     components = ({name: np.full(flux.shape, np.nan) for name in ("sky", "lae", "res")}
                   if return_components else None)
     for row in range(nspec):
-        weight = np.where(np.isfinite(ivar[row]) & (ivar[row] > 0) & np.isfinite(flux[row]), ivar[row], 0.0)
-        if prior.sky_mask is not None:
-            weight[prior.sky_mask] = 0.0
+        weight, data = _weights(flux[row], ivar[row], prior.sky_mask)
         if not weight.any():
             warn[row] |= LAEWarn.NODATA
             continue
-        data = np.where(weight > 0, flux[row], 0.0)
         try:
-            chol, a, out["chi2_null"][row] = _sky_factor(prior, weight, data)
+            chol, a, out["chi2_null"][row] = _sky_factor(prior.sky_vectors, weight, data)
         except np.linalg.LinAlgError:
             warn[row] |= LAEWarn.SKY_SINGULAR
             continue
@@ -415,16 +413,36 @@ def _posterior_means(prior: LAEPrior, weight: np.ndarray, data: np.ndarray, posi
     return prior.sky_vectors @ scipy.linalg.cho_solve((chol, True), projected), lae
 
 
+def sky_component(flux: np.ndarray, ivar: np.ndarray, sky_vectors: np.ndarray, sky_mask: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Posterior mean sky component ``C_sky (C_sky + C_res)⁻¹ d = V_sky K⁻¹ V_skyᵀ W d`` of each spectrum (the sky +
+    residual model without an LAE; U25 §2.3 step 2 keeps ``d - x_sky``); 0 for a spectrum without data."""
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    out = np.zeros_like(flux)
+    for row in range(flux.shape[0]):
+        weight, data = _weights(flux[row], ivar[row], sky_mask)
+        if weight.any():
+            chol, a, _ = _sky_factor(sky_vectors, weight, data)
+            out[row] = sky_vectors @ scipy.linalg.solve_triangular(chol, a, lower=True, trans="T")
+    return out
+
+
+def _weights(flux: np.ndarray, ivar: np.ndarray, sky_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel weights (ivar; 0 where missing, non-finite or sky-masked) and the data with 0 where weight is 0."""
+    weight = np.where(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux), ivar, 0.0)
+    if sky_mask is not None:
+        weight[sky_mask] = 0.0
+    return weight, np.where(weight > 0, flux, 0.0)
+
+
 def reference_lae_scan(flux: np.ndarray, ivar: np.ndarray, prior: LAEPrior, positions: np.ndarray) -> np.ndarray:
     """Straightforward dchi2 of one spectrum at each (fractional) shift: full-length products and a fresh
     ``(k_sky + k)``-column Woodbury solve per shift, ``chi2 = dᵀWd - bᵀ (I + VᵀWV)⁻¹ b`` with ``V = [V_sky, V(z)]``.
 
     The check for :func:`scan_lae` (and the benchmark's reference): no FFT, no Schur complement, no windowing.
     """
-    weight = np.where(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux), ivar, 0.0)
-    if prior.sky_mask is not None:
-        weight[prior.sky_mask] = 0.0
-    data = np.where(weight > 0, flux, 0.0)
+    weight, data = _weights(np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64), prior.sky_mask)
     base = data @ (weight * data)
 
     def chi2(vectors: np.ndarray) -> float:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["MOOSE_GRID", "PAPER_GRID", "LogGrid", "observed_window", "to_log_grid"]
+__all__ = ["MOOSE_GRID", "PAPER_GRID", "LogGrid", "linear_weights", "observed_window", "to_log_grid"]
 
 _LN10 = math.log(10.0)
 
@@ -82,6 +82,23 @@ def observed_window(wavelength: np.ndarray, grid: LogGrid) -> tuple[int, int]:
     return lo, max(0, hi - lo + 1)
 
 
+def linear_weights(x: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation of samples at increasing ``x`` onto ``position``: ``(left, right, t, inside)`` with the
+    value ``(1 - t) * y[left] + t * y[right]``, valid where ``inside`` (within ``[x[0], x[-1]]``).
+
+    Examples
+    --------
+    >>> left, right, t, inside = linear_weights(np.array([0.0, 1.0, 2.0]), np.array([0.25, 2.0, 3.0]))
+    >>> left.tolist(), t.tolist(), inside.tolist()
+    ([0, 1, 1], [0.25, 1.0, 2.0], [True, True, False])
+    """
+    right = np.searchsorted(x, position, side="right")
+    inside = (right > 0) & (right < x.size) | (position == x[-1])
+    right = np.clip(right, 1, x.size - 1)
+    left = right - 1
+    return left, right, (position - x[left]) / (x[right] - x[left]), inside
+
+
 def to_log_grid(
     wavelength: np.ndarray,
     flux: np.ndarray,
@@ -140,12 +157,8 @@ def to_log_grid(
     out_flux = np.zeros((nspec, n))
     out_ivar = np.zeros((nspec, n))
     for i in range(nspec):
-        position = target + math.log10(1.0 + z[i])  # where each rest pixel falls in the observed log grid
-        right = np.searchsorted(loglam, position, side="right")
-        inside = (right > 0) & (right < loglam.size) | (position == loglam[-1])
-        right = np.clip(right, 1, loglam.size - 1)
-        left = right - 1
-        t = (position - loglam[left]) / (loglam[right] - loglam[left])
+        # where each rest pixel falls in the observed log grid
+        left, right, t, inside = linear_weights(loglam, target + math.log10(1.0 + z[i]))
         usable = inside & good[i, left] & good[i, right]
         out_flux[i] = np.where(usable, (1 - t) * flux_per_log[i, left] + t * flux_per_log[i, right], 0.0)
         var = (1 - t) * variance[i, left] + t * variance[i, right]
