@@ -158,6 +158,36 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_priors(args: argparse.Namespace) -> int:
+    import json
+
+    from dzspec.parallel.lae import build_lae_prior, prior_rows
+
+    sky = prior_rows(args.sky, args.sky_group, args.sky_class, limit=args.max_sky, seed=args.seed)
+    lae = prior_rows(args.lae, args.lae_group, args.lae_class, z_name="z_true", limit=args.max_lae, seed=args.seed)
+    print(f"priors: {sky.size} sky spectra from {args.sky}, {lae.size} LAE spectra from {args.lae}")
+    with _client(args) as client:
+        _, summary = build_lae_prior(client, (args.sky, args.sky_group, sky), (args.lae, args.lae_group, lae),
+                                     out=args.out, name=args.name, rescale=args.rescale, n_sky=args.n_sky,
+                                     n_lae=args.n_lae, overwrite=args.overwrite)
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_source")}, indent=1))
+    print(f"priors: {args.out}/priors/{args.name}")
+    return 0
+
+
+def _cmd_lae(args: argparse.Namespace) -> int:
+    from dzspec.parallel.lae import run_lae
+
+    params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
+              "calibration": args.calibration}
+    with _client(args) as client:
+        report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, group=args.group,
+                         resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
+                         progress=not args.no_progress)
+    print(report.summary())
+    return 0 if report.complete else 1
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from importlib import import_module
 
@@ -290,6 +320,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
+
+    p = sub.add_parser("priors", help="MADGICS sky-residual and LAE priors from spectra stores (U25 2.2-2.3)")
+    p.add_argument("--sky", required=True, help="store of sky-residual spectra (e.g. sky fibres)")
+    p.add_argument("--sky-group", help="its spectra group (default: the only one)")
+    p.add_argument("--sky-class", nargs="*", default=[], metavar="CLASS",
+                   help="use only rows of these sim_class values (simulated stores: sky_residual)")
+    p.add_argument("--lae", required=True, help="store of LAE spectra with z_true")
+    p.add_argument("--lae-group", help="its spectra group (default: the only one)")
+    p.add_argument("--lae-class", nargs="*", default=[], metavar="CLASS",
+                   help="use only rows of these sim_class values (simulated stores: lae lae_double_peak)")
+    p.add_argument("--max-sky", type=int, help="at most this many sky spectra (random, --seed)")
+    p.add_argument("--max-lae", type=int, help="at most this many LAE spectra (random, --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="store to write priors/<name> to (e.g. the survey store)")
+    p.add_argument("--name", default="lae")
+    p.add_argument("--rescale", choices=("fit", "paper"), default="fit",
+                   help="flux rescaling y(l): refit to these sky spectra (default) or U25 Eq. 7 as printed")
+    p.add_argument("--n-sky", type=int, default=50, help="sky eigenvectors (U25: 50)")
+    p.add_argument("--n-lae", type=int, default=2, help="LAE eigenvectors (U25: 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prior of that name")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_priors)
+
+    p = sub.add_parser("lae", help="MADGICS Lya-emitter redshifts of every spectrum of a store (U25)")
+    p.add_argument("store")
+    p.add_argument("--prior", required=True, help="store holding the priors (priors/<name>, from dzspec priors)")
+    p.add_argument("--name", default="lae", help="prior name (default: lae)")
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--z-min", type=float, default=2.0, help="redshift of the first shift (U25: 2)")
+    p.add_argument("--n-shifts", type=int, default=4501, help="one-pixel shifts scanned (U25: 4501)")
+    p.add_argument("--fine-half-width", type=float, default=5.0, help="fine scan +- pixels at 0.1 px (U25: 5)")
+    p.add_argument("--calibration", type=float, default=1.0,
+                   help="U25's s: z_unc is multiplied by it, |dchi2| divided by its square (default 1: none)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
+    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
+    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_lae)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
     p.add_argument("--survey", choices=("muse", "desi"), required=True)

@@ -1,0 +1,146 @@
+"""MADGICS on the cluster: priors built by Dask equal the kernels run in one process; the scan through the block
+runner equals the kernel, keeps every row and finds bright simulated LAEs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dzspec.errors import StoreError
+from dzspec.io import store as zstore
+from dzspec.io.priors import load_lae_prior
+from dzspec.kernels.madgics import scan_lae, sky_component
+from dzspec.kernels.madgics_priors import (
+    RescalePolynomial,
+    align_windows,
+    gram,
+    lae_vectors_from_windows,
+    sky_line_counts,
+    sky_mask_from_counts,
+    sky_power,
+    sky_spectra_keep,
+    sky_vectors_from_gram,
+    to_lae_grid,
+)
+from dzspec.kernels.restframe import LogGrid
+from dzspec.parallel.lae import build_lae_prior, prior_rows, run_lae
+from dzspec.simulate import simulate
+
+# a coarser grid than U25's (4x the step) keeps the 8 720-pixel eigenproblem out of the unit tests
+GRID = LogGrid(math.log10(3600.0), 2e-4, 2180)
+GROUP = "desi-brz-3600-9824-0.8"
+N_SHIFTS = 1130  # z = 2 to ~4.04, as U25's 4 501 one-pixel shifts at 5e-5
+
+
+@pytest.fixture(scope="module")
+def desi(tmp_path_factory, client):
+    store = tmp_path_factory.mktemp("lae") / "desi.zarr"
+    simulate(store, "desi", 480, client, seed=11, chunk_rows=160, progress=False)
+    sky = prior_rows(store, GROUP, ["sky_residual"])
+    lae = prior_rows(store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")
+    loaded, summary = build_lae_prior(client, (store, GROUP, sky), (store, GROUP, lae), out=store, n_sky=20,
+                                      grid=GRID, block_rows=50)
+    return store, sky, lae, loaded, summary
+
+
+def _one_process(store, sky, lae, n_sky):
+    """The same prior from the kernels alone, in one process."""
+    source = zstore.open_root(store)[f"spectra/{GROUP}"]
+    wavelength = source["wavelength"][:]
+    flux, ivar = to_lae_grid(wavelength, source["flux"].oindex[sky, :], source["ivar"].oindex[sky, :], GRID)
+    keep = sky_spectra_keep(flux, ivar)
+    power, count = sky_power(flux[keep], ivar[keep])
+    y = RescalePolynomial.fit(GRID.wavelength(), power / np.maximum(count, 1), count > 0)(GRID.wavelength())
+    flux, ivar = to_lae_grid(wavelength, source["flux"].oindex[sky[keep], :], source["ivar"].oindex[sky[keep], :],
+                             GRID, y=y)
+    mask = sky_mask_from_counts(sky_line_counts(flux, ivar), int(keep.sum()))
+    vectors, _ = sky_vectors_from_gram(gram(flux, ivar), int(keep.sum()), mask, n_sky)
+    flux, ivar = to_lae_grid(wavelength, source["flux"].oindex[lae, :], source["ivar"].oindex[lae, :], GRID, y=y)
+    valid = (ivar > 0) & ~mask
+    residual = np.where(valid, flux - sky_component(flux, ivar, vectors, mask), 0.0)
+    variance = np.array([np.var(r[v], ddof=1) for r, v in zip(residual, valid, strict=True)])
+    start = round((math.log10(4133.0) - GRID.start) / GRID.step)
+    m = round((math.log10(4278.0) - GRID.start) / GRID.step) - start + 1
+    z = source["z_true"].oindex[lae]
+    data, covered = align_windows(residual, valid.astype(float), np.log10((1 + z) / 3.45) / GRID.step, start, m)
+    kept = variance < np.quantile(variance, 0.75)
+    lae_vectors, _ = lae_vectors_from_windows(data[kept].T @ data[kept], covered[kept].T @ covered[kept], 2)
+    return y, mask, vectors, lae_vectors
+
+
+def test_dask_priors_equal_the_kernels_in_one_process(desi):
+    store, sky, lae, loaded, summary = desi
+    y, mask, sky_vectors, lae_vectors = _one_process(store, sky, lae, 20)
+    np.testing.assert_allclose(loaded.rescale_y, y, rtol=1e-10)
+    np.testing.assert_array_equal(loaded.prior.sky_mask, mask)
+    # eigenvectors up to sign: compare the covariances they rebuild
+    np.testing.assert_allclose(loaded.prior.sky_vectors @ loaded.prior.sky_vectors.T, sky_vectors @ sky_vectors.T,
+                               atol=1e-8 * np.abs(sky_vectors).max() ** 2)
+    np.testing.assert_allclose(loaded.prior.lae_vectors @ loaded.prior.lae_vectors.T, lae_vectors @ lae_vectors.T,
+                               atol=1e-8 * np.abs(lae_vectors).max() ** 2)
+    assert summary["sky_kept"] <= sky.size and summary["lae_kept"] < summary["lae_usable"] <= lae.size
+    # the stored prior is what was returned
+    stored = load_lae_prior(store, "lae")
+    np.testing.assert_array_equal(stored.prior.sky_vectors, loaded.prior.sky_vectors)
+    assert stored.grid == GRID and stored.prior.window_start == loaded.prior.window_start
+
+
+def test_lae_scan_through_the_runner(desi, client):
+    store, _, _, loaded, _ = desi
+    report = run_lae(store, store, client, group=GROUP, params={"n_shifts": N_SHIFTS}, block_rows=160,
+                     progress=False)
+    assert report.complete
+    results = zstore.open_results(store, report.results).compute()
+    spectra = zstore.open_spectra(store, GROUP)
+    assert results.sizes["spectrum"] == spectra.sizes["spectrum"]  # every input row has an output row
+    # equal to the kernel on the same rows
+    rows = np.arange(40, 60)
+    source = zstore.open_root(store)[f"spectra/{GROUP}"]
+    flux, ivar = to_lae_grid(source["wavelength"][:], source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
+                             GRID, y=loaded.rescale_y)
+    direct = scan_lae(flux, ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(2.0, N_SHIFTS))
+    np.testing.assert_array_equal(results.z.values[rows], direct.z)
+    np.testing.assert_array_equal(results.lae_dchi2.values[rows], direct.dchi2)
+    # bright LAEs are found (a coarse grid: 4x U25's pixel)
+    names = spectra.sim_class.attrs["flag_meanings"].split()
+    bright = np.isin(spectra.sim_class.values, [names.index("lae"), names.index("lae_double_peak")]) & (
+        spectra.snr_lya.values > 7)
+    assert bright.sum() >= 20
+    error = np.abs(results.z.values[bright] - spectra.z_true.values[bright])
+    assert np.mean(error < 0.005) > 0.85
+    assert np.all(results.lae_dchi2.values[np.isfinite(results.lae_dchi2.values)] <= 0)
+
+
+def test_a_modified_prior_is_refused(desi, tmp_path):
+    store, *_ = desi
+    group = zstore.open_root(store, mode="a")["priors/lae"]
+    original = group["lae_vectors"][...]
+    try:
+        group["lae_vectors"][0, 0] = original[0, 0] + 1.0
+        with pytest.raises(StoreError, match="prior_sha256"):
+            load_lae_prior(store, "lae")
+    finally:
+        group["lae_vectors"][...] = original
+    with pytest.raises(StoreError, match="no MADGICS prior"):
+        load_lae_prior(store, "missing")
+
+
+def test_cli_priors_then_lae_on_the_u25_grid(tmp_path, client, capsys):
+    from dzspec.cli import main
+
+    store = tmp_path / "d.zarr"
+    simulate(store, "desi", 240, client, seed=12, chunk_rows=120, progress=False)
+    common = ["--workers", "1", "--no-progress"]
+    assert main(["priors", "--sky", str(store), "--sky-group", GROUP, "--sky-class", "sky_residual",
+                 "--lae", str(store), "--lae-group", GROUP, "--lae-class", "lae", "lae_double_peak",
+                 "--out", str(store), "--n-sky", "10", *common]) == 0
+    out = capsys.readouterr().out
+    assert '"window_pixels": 301' in out and "priors/lae" in out
+    args = ["lae", str(store), "--prior", str(store), "--group", GROUP, "--calibration", "2.0", *common]
+    assert main([*args, "--overwrite"]) == 0
+    assert "2 blocks, 0 already done, 2 computed" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    assert "2 already done, 0 computed" in capsys.readouterr().out
+    results = zstore.open_results(store, f"results/{GROUP}/madgics_lae").compute()
+    np.testing.assert_allclose(results.lae_abs_dchi2_cal, np.abs(results.lae_dchi2) / 4)
+    assert results.sizes["spectrum"] == 240 and np.isfinite(results.z).all()
