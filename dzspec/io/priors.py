@@ -2,7 +2,8 @@
 
 A prior lives in ``priors/<name>`` of a store (or a store of its own): ``sky_vectors`` (pixel x sky_vector),
 ``sky_mask`` (pixel), ``sky_eigenvalues``, ``lae_vectors`` (window_pixel x lae_vector), ``lae_eigenvalues`` and
-``rescale_y`` (pixel: the log10 variance scale every spectrum is rescaled by, U25 Eq. 7-9); attributes: the grid
+``rescale_y`` (pixel: the log10 variance scale every spectrum is rescaled by, U25 Eq. 7-9), ``lae_template``
+(window_pixel: the median aligned LAE, unit sum, the injection profile); attributes: the grid
 constants, ``window_start``, ``z_ref``, the rescaling polynomial, how many spectra built each part, the sources,
 ``prior_sha256`` (checked on load) and the dzspec version.
 """
@@ -32,11 +33,13 @@ class LoadedPrior:
     prior: LAEPrior
     grid: LogGrid
     rescale_y: np.ndarray
+    template: np.ndarray | None = None  #: the median aligned LAE window, unit sum (for injections)
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
 def save_lae_prior(path: str | PathLike[str], name: str, prior: LAEPrior, grid: LogGrid, rescale_y: np.ndarray, *,
-                   sky_eigenvalues: np.ndarray, lae_eigenvalues: np.ndarray, overwrite: bool = False,
+                   sky_eigenvalues: np.ndarray, lae_eigenvalues: np.ndarray, template: np.ndarray | None = None,
+                   overwrite: bool = False,
                    extra_attrs: dict[str, Any] | None = None) -> str:
     """Write ``priors/<name>``; returns the group path."""
     if prior.n_pixels != grid.size or rescale_y.shape != (grid.size,):
@@ -56,6 +59,8 @@ def save_lae_prior(path: str | PathLike[str], name: str, prior: LAEPrior, grid: 
         "lae_eigenvalues": (np.asarray(lae_eigenvalues, np.float64), ("lae_vector",)),
         "rescale_y": (np.asarray(rescale_y, np.float64), ("pixel",)),
     }
+    if template is not None:
+        arrays["lae_template"] = (np.asarray(template, np.float64), ("window_pixel",))
     for array_name, (values, dims) in arrays.items():
         array = group.create_array(array_name, shape=values.shape, chunks=values.shape, dtype=values.dtype,
                                    dimension_names=dims, fill_value=0)
@@ -77,14 +82,16 @@ def load_lae_prior(path: str | PathLike[str], name: str) -> LoadedPrior:
     group = root[group_path]
     attrs = dict(group.attrs)
     arrays = {key: (np.asarray(group[key][...]), ()) for key in
-              ("sky_vectors", "sky_mask", "sky_eigenvalues", "lae_vectors", "lae_eigenvalues", "rescale_y")}
+              ("sky_vectors", "sky_mask", "sky_eigenvalues", "lae_vectors", "lae_eigenvalues", "rescale_y",
+               "lae_template") if key in group}
     if _sha256(arrays) != attrs["prior_sha256"]:
         raise StoreError(f"{path}/{group_path}: prior bytes do not match prior_sha256 (modified or corrupt)")
     prior = LAEPrior(arrays["sky_vectors"][0], arrays["lae_vectors"][0], window_start=int(attrs["window_start"]),
                      z_ref=float(attrs["z_ref"]), sky_mask=arrays["sky_mask"][0].astype(bool),
                      delta=float(attrs["delta"]))
     grid = LogGrid(float(attrs["grid_start"]), float(attrs["grid_step"]), int(attrs["grid_size"]))
-    return LoadedPrior(prior, grid, arrays["rescale_y"][0], attrs)
+    template = arrays["lae_template"][0] if "lae_template" in arrays else None
+    return LoadedPrior(prior, grid, arrays["rescale_y"][0], template, attrs)
 
 
 def _sha256(arrays: dict[str, tuple[np.ndarray, Any]]) -> str:

@@ -81,3 +81,27 @@ def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, z_c: float = 1.0) 
         centre = (p + z_c**2 / (2 * n)) / denominator
         half = z_c / denominator * np.sqrt(p * (1 - p) / n + z_c**2 / (4 * n**2))
     return centre, half
+
+
+def purity_completeness(score: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """U25 Fig. 5 (METHODS §3.6) over a sweep of thresholds t on a detection score (e.g. the calibrated |dchi2|):
+    purity(t) = N(correct and score > t) / N(score > t), completeness(t) = N(correct and score > t) / N(correct).
+    ``correct`` is False for every object that is not a correctly measured LAE (interlopers, empty fibres), so they
+    lower the purity. NaN where a denominator is 0.
+
+    Examples
+    --------
+    >>> purity, completeness = purity_completeness(np.array([30.0, 20.0, 40.0]), np.array([True, True, False]),
+    ...                                            np.array([25.0]))
+    >>> purity.tolist(), completeness.tolist()
+    ([0.5], [0.5])
+    """
+    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    correct = np.asarray(correct, dtype=bool)
+    selected = score[None, :] > np.asarray(thresholds, dtype=np.float64)[:, None]
+    both = (selected & correct[None, :]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        purity = np.where(selected.sum(axis=1) > 0, both / selected.sum(axis=1), np.nan)
+        completeness = np.where(correct.sum() > 0, both / max(int(correct.sum()), 1), np.nan)
+    return purity, completeness

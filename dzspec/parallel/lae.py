@@ -33,6 +33,7 @@ from distributed import Client
 from dzspec.io import store as zstore
 from dzspec.io.priors import LoadedPrior, load_lae_prior, save_lae_prior
 from dzspec.kernels.base import KernelSpec, OutputSpec
+from dzspec.kernels.lae_injection import lae_template
 from dzspec.kernels.madgics import LAEPrior, LAEWarn, scan_lae, sky_component
 from dzspec.kernels.madgics_priors import (
     LAE_GRID,
@@ -217,6 +218,7 @@ def build_lae_prior(
     kept = usable & (variance < np.quantile(variance[usable], variance_quantile))
     lae_vectors, lae_values = lae_vectors_from_windows(data[kept].T @ data[kept], covered[kept].T @ covered[kept],
                                                        n_lae)
+    template = lae_template(data[kept], covered[kept])
     prior = LAEPrior(sky_vectors, lae_vectors, window_start=window_start, z_ref=z_ref, sky_mask=mask,
                      delta=grid.step)
     summary = {
@@ -230,8 +232,8 @@ def build_lae_prior(
     }
     if out is not None:
         save_lae_prior(out, name, prior, grid, y, sky_eigenvalues=sky_values, lae_eigenvalues=lae_values,
-                       overwrite=overwrite, extra_attrs=summary)
-    return LoadedPrior(prior, grid, y, summary), summary
+                       template=template, overwrite=overwrite, extra_attrs=summary)
+    return LoadedPrior(prior, grid, y, template, summary), summary
 
 
 def _rows_sha256(rows: np.ndarray) -> str:
