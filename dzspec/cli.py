@@ -169,7 +169,8 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _, summary = build_lae_prior(client, (args.sky, args.sky_group, sky), (args.lae, args.lae_group, lae),
                                      out=args.out, name=args.name, rescale=args.rescale, n_sky=args.n_sky,
-                                     n_lae=args.n_lae, overwrite=args.overwrite)
+                                     n_lae=args.n_lae, variance_model=args.variance_model,
+                                     overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_source")}, indent=1))
     print(f"priors: {args.out}/priors/{args.name}")
     return 0
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flux rescaling y(l): refit to these sky spectra (default) or U25 Eq. 7 as printed")
     p.add_argument("--n-sky", type=int, default=50, help="sky eigenvectors (U25: 50)")
     p.add_argument("--n-lae", type=int, default=2, help="LAE eigenvectors (U25: 2)")
+    p.add_argument("--variance-model", choices=("conserve", "propagate"), default="conserve",
+                   help="ivar on the log grid: each pixel's share of the native information (default), or "
+                        "sum w^2 var as METHODS 2.1 (over-counts the blue end); every scan with the prior follows it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior of that name")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_priors)

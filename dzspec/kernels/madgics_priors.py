@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.linalg
@@ -25,6 +26,8 @@ import scipy.sparse.linalg
 
 from dzspec.kernels.madgics import LAE_GRID_DELTA, LAE_GRID_START, madgics_rescale_y
 from dzspec.kernels.restframe import LogGrid, linear_weights
+
+VarianceModel = Literal["conserve", "propagate"]
 
 __all__ = [
     "LAE_GRID",
@@ -48,8 +51,18 @@ LAE_WINDOW = (4133.0, 4278.0)
 
 
 def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid: LogGrid = LAE_GRID, *,
-                y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                y: np.ndarray | None = None, variance_model: VarianceModel = "conserve"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``(flux, ivar)`` on ``grid`` (float64, ``(nspec, grid.size)``), ivar 0 where either neighbour lacks data.
+
+    ``variance_model``: ``"propagate"`` is METHODS §2.1's ``Σ w_k² var_k``, the variance of each interpolated value
+    alone. Where log pixels are narrower than the native ones (below ~6 600 Å on DESI: 0.41 Å at 3600 Å against
+    0.8 Å) neighbours share native pixels, so their errors are correlated, and ``Σ w²`` even halves the variance
+    midway between natives: a diagonal C_res then counts the blue end's information up to ~4 times, and the scan
+    fits noise there (simulated DESI sky fibres: median |dchi2| 33, best z piled up at 3600-4100 Å). ``"conserve"``
+    (default) interpolates the variance and gives each log pixel only its width's share of the native inverse
+    variance (``x min(1, width_log / width_native)``): sky fibres' median |dchi2| falls to 13, spread evenly in
+    wavelength, with LAE redshifts as good.
 
     With ``y`` (per grid pixel, e.g. :func:`~dzspec.kernels.madgics.madgics_rescale_y` of the grid's wavelengths or
     a :class:`RescalePolynomial`'s values) flux is divided by ``sqrt(10**y)`` and ivar multiplied by ``10**y``
@@ -72,7 +85,14 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
         variance = np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0)
     out_flux = np.where(usable, (1 - t) * np.where(good, flux, 0.0)[:, left] + t * np.where(good, flux, 0.0)[:, right],
                         0.0)
-    out_var = (1 - t) ** 2 * variance[:, left] + t**2 * variance[:, right]
+    if variance_model == "propagate":
+        out_var = (1 - t) ** 2 * variance[:, left] + t**2 * variance[:, right]
+    else:
+        # information kept: a log pixel narrower than the native one shares it with its neighbours, so it carries
+        # only its width's share of the native inverse variance (no variance dip between native pixels either)
+        native_width = np.diff(wavelength)[np.clip(left, 0, wavelength.size - 2)]
+        log_width = grid.wavelength() * (10**grid.step - 1)
+        out_var = ((1 - t) * variance[:, left] + t * variance[:, right]) / np.minimum(1.0, log_width / native_width)
     with np.errstate(divide="ignore"):
         out_ivar = np.where(usable & (out_var > 0), 1.0 / np.where(out_var > 0, out_var, 1.0), 0.0)
     if y is not None:

@@ -39,6 +39,7 @@ from dzspec.kernels.madgics_priors import (
     LAE_GRID,
     LAE_WINDOW,
     RescalePolynomial,
+    VarianceModel,
     align_windows,
     gram,
     lae_vectors_from_windows,
@@ -83,23 +84,24 @@ def prior_rows(store: str | PathLike[str], group: str | None, classes: Sequence[
     return rows
 
 
-def _read(store: str, group: str, rows: np.ndarray, grid: LogGrid, y: np.ndarray | None
-          ) -> tuple[np.ndarray, np.ndarray]:
+def _read(store: str, group: str, rows: np.ndarray, grid: LogGrid, y: np.ndarray | None,
+          variance_model: VarianceModel) -> tuple[np.ndarray, np.ndarray]:
     source = zstore.open_root(store)[group]
     return to_lae_grid(source["wavelength"][:], source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :], grid,
-                       y=y)
+                       y=y, variance_model=variance_model)
 
 
-def _sky_power_block(store: str, group: str, rows: np.ndarray, grid: LogGrid, max_sum: float, max_masked: int
-                     ) -> dict[str, Any]:
-    flux, ivar = _read(store, group, rows, grid, None)
+def _sky_power_block(store: str, group: str, rows: np.ndarray, grid: LogGrid, variance_model: VarianceModel,
+                     max_sum: float, max_masked: int) -> dict[str, Any]:
+    flux, ivar = _read(store, group, rows, grid, None, variance_model)
     keep = sky_spectra_keep(flux, ivar, max_sum=max_sum, max_masked=max_masked)
     power, count = sky_power(flux[keep], ivar[keep])
     return {"power": power, "count": count, "keep": keep}
 
 
-def _sky_gram_block(store: str, group: str, rows: np.ndarray, grid: LogGrid, y: np.ndarray) -> dict[str, Any]:
-    flux, ivar = _read(store, group, rows, grid, y)
+def _sky_gram_block(store: str, group: str, rows: np.ndarray, grid: LogGrid, variance_model: VarianceModel,
+                    y: np.ndarray) -> dict[str, Any]:
+    flux, ivar = _read(store, group, rows, grid, y, variance_model)
     if not rows.size:
         return {"counts": np.zeros(grid.size, np.int64), "gram": np.zeros((grid.size, grid.size)), "n": 0}
     return {"counts": sky_line_counts(flux, ivar), "gram": gram(flux, ivar), "n": int(rows.size)}
@@ -109,10 +111,10 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {key: a[key] + b[key] for key in a}
 
 
-def _lae_block(store: str, group: str, rows: np.ndarray, z: np.ndarray, grid: LogGrid, y: np.ndarray,
-               sky_vectors: np.ndarray, sky_mask: np.ndarray, window_start: int, m: int, z_ref: float
-               ) -> dict[str, np.ndarray]:
-    flux, ivar = _read(store, group, rows, grid, y)
+def _lae_block(store: str, group: str, rows: np.ndarray, z: np.ndarray, grid: LogGrid,
+               variance_model: VarianceModel, y: np.ndarray, sky_vectors: np.ndarray, sky_mask: np.ndarray,
+               window_start: int, m: int, z_ref: float) -> dict[str, np.ndarray]:
+    flux, ivar = _read(store, group, rows, grid, y, variance_model)
     residual = flux - sky_component(flux, ivar, sky_vectors, sky_mask)
     valid = ivar > 0
     valid[:, sky_mask] = False
@@ -152,6 +154,7 @@ def build_lae_prior(
     z_name: str = "z_true",
     block_rows: int = 1024,
     grid: LogGrid = LAE_GRID,
+    variance_model: VarianceModel = "conserve",
     overwrite: bool = False,
 ) -> tuple[LoadedPrior, dict[str, Any]]:
     """Build the sky-residual and LAE priors (U25 §2.2-2.3) on the cluster; save them to ``out``/priors/``name``.
@@ -171,6 +174,9 @@ def build_lae_prior(
         The LAEs are aligned to ``z_ref`` and the prior kept over ``window`` (Å, observed at ``z_ref``).
     variance_quantile
         LAE spectra whose residual variance is above this quantile are dropped (U25: 0.75).
+    variance_model
+        How ivar is resampled onto the grid (:func:`~dzspec.kernels.madgics_priors.to_lae_grid`); stored with the
+        prior, and every spectrum scanned with it is resampled the same way.
 
     Returns
     -------
@@ -183,8 +189,8 @@ def build_lae_prior(
         raise ValueError(f"{sky_rows.size} sky and {lae_rows.size} LAE spectra cannot make {n_sky} + {n_lae} vectors")
     # pass 1: the cuts and the covariance diagonal the rescaling is fitted to
     blocks = [sky_rows[s: s + block_rows] for s in range(0, sky_rows.size, block_rows)]
-    powers = client.gather([client.submit(_sky_power_block, sky_store, sky_group, b, grid, max_sum, max_masked,
-                                          pure=False) for b in blocks])
+    powers = client.gather([client.submit(_sky_power_block, sky_store, sky_group, b, grid, variance_model, max_sum,
+                                          max_masked, pure=False) for b in blocks])
     kept_rows = [b[p["keep"]] for b, p in zip(blocks, powers, strict=True)]
     n_kept = sum(r.size for r in kept_rows)
     if n_kept < n_sky:
@@ -198,7 +204,8 @@ def build_lae_prior(
     y = polynomial(wavelength)
     # pass 2, rescaled: the sky-line mask (outliers stand out only once the smooth variance trend is divided out)
     # and the Gram matrix
-    total = _tree_sum(client, [client.submit(_sky_gram_block, sky_store, sky_group, r, grid, y, pure=False)
+    total = _tree_sum(client, [client.submit(_sky_gram_block, sky_store, sky_group, r, grid, variance_model, y,
+                                             pure=False)
                                for r in kept_rows])
     mask = sky_mask_from_counts(total["counts"], total["n"])
     sky_vectors, sky_values = sky_vectors_from_gram(total.pop("gram"), total["n"], mask, n_sky)
@@ -208,8 +215,8 @@ def build_lae_prior(
     m = round((np.log10(window[1]) - grid.start) / grid.step) - window_start + 1
     z_all = zstore.open_root(lae_store)[lae_group][z_name].oindex[lae_rows]
     pieces = client.gather([client.submit(_lae_block, lae_store, lae_group, lae_rows[s: s + block_rows],
-                                          z_all[s: s + block_rows], grid, y, sky_vectors, mask, window_start, m,
-                                          z_ref, pure=False)
+                                          z_all[s: s + block_rows], grid, variance_model, y, sky_vectors, mask,
+                                          window_start, m, z_ref, pure=False)
                             for s in range(0, lae_rows.size, block_rows)])
     variance = np.concatenate([p["variance"] for p in pieces])
     data = np.concatenate([p["data"] for p in pieces])
@@ -224,7 +231,8 @@ def build_lae_prior(
     summary = {
         "sky_spectra": int(sky_rows.size), "sky_kept": int(total["n"]), "sky_masked_bins": int(mask.sum()),
         "lae_spectra": int(lae_rows.size), "lae_usable": int(usable.sum()), "lae_kept": int(kept.sum()),
-        "rescale": polynomial.as_attrs(), "window": list(window), "window_pixels": int(m),
+        "rescale": polynomial.as_attrs(), "variance_model": variance_model, "window": list(window),
+        "window_pixels": int(m),
         "sky_eigenvalues_top5": sky_values[:5].tolist(), "lae_eigenvalues": lae_values.tolist(),
         "sky_source": {"store": sky_store, "group": sky_group, "rows_sha256": _rows_sha256(sky_rows)},
         "lae_source": {"store": lae_store, "group": lae_group, "rows_sha256": _rows_sha256(lae_rows),
@@ -252,7 +260,8 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
                     calibration: float, exclusion: int) -> dict[str, np.ndarray]:
     loaded = _prior(prior_store, prior_name, prior_sha256)
-    grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y)
+    grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
+                                       variance_model=loaded.attrs["variance_model"])
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
                       fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion)
     return {"z": result.z, "z_unc": result.z_unc, "lae_dchi2": result.dchi2, "lae_abs_dchi2_cal": result.abs_dchi2_cal,

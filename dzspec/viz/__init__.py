@@ -1,1 +1,15 @@
-"""Figures (matplotlib, imported lazily): simulation galleries."""
+"""Figures (matplotlib, imported lazily): simulation galleries, NMF and LAE engine figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are written to files, also on workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

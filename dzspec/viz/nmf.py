@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from dzspec.kernels.metrics import relative_error
+from dzspec.viz import pyplot
 
 __all__ = ["plot_chi2_curves", "plot_rank_selection", "plot_zp_zt"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_rank_selection(ds: xr.Dataset, path: str | PathLike[str]) -> None:
@@ -27,7 +18,7 @@ def plot_rank_selection(ds: xr.Dataset, path: str | PathLike[str]) -> None:
 
     ``ds`` is :func:`dzspec.parallel.rank_selection.cross_validate_ranks`'s result.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     ranks = ds["rank"].values
     for ax, name, label in ((axes[0], "gf", "good fraction"), (axes[1], "mae", "MAE (5 MAD rejection)")):
@@ -46,7 +37,7 @@ def plot_rank_selection(ds: xr.Dataset, path: str | PathLike[str]) -> None:
 def plot_zp_zt(z_pred: np.ndarray, z_true: np.ndarray, path: str | PathLike[str], *,
                color: np.ndarray | None = None, color_label: str = "", title: str = "") -> None:
     """Predicted against true redshift with the GF tolerance band and the [OII]/Lya confusion loci."""
-    plt = _pyplot()
+    plt = pyplot()
     z_pred, z_true = np.asarray(z_pred, float), np.asarray(z_true, float)
     fig, ax = plt.subplots(figsize=(5.6, 5.2), constrained_layout=True)
     zt = np.linspace(0, 7, 200)
@@ -68,7 +59,7 @@ def plot_zp_zt(z_pred: np.ndarray, z_true: np.ndarray, path: str | PathLike[str]
 def plot_chi2_curves(z_trials: np.ndarray, curves: np.ndarray, labels: list[str], path: str | PathLike[str], *,
                      z_true: np.ndarray | None = None) -> None:
     """chi2(z) curves, one panel each, with the best trial and (optionally) the true redshift marked."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(curves)
     fig, axes = plt.subplots(n, 1, figsize=(8, 1.9 * n), sharex=True, constrained_layout=True, squeeze=False)
     for i, (ax, curve) in enumerate(zip(axes[:, 0], curves, strict=True)):

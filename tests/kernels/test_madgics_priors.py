@@ -30,7 +30,7 @@ def test_resampling_interpolates_flux_and_propagates_variance():
     slope = 1e-3 * WAVE + 2.0
     ivar = rng.uniform(1, 4, WAVE.size)
     ivar[500] = 0.0
-    flux, out_ivar = to_lae_grid(WAVE, slope, ivar)
+    flux, out_ivar = to_lae_grid(WAVE, slope, ivar, variance_model="propagate")
     grid_wave = LAE_GRID.wavelength()
     inside = grid_wave <= WAVE[-1]
     good = inside & (out_ivar[0] > 0)
@@ -45,9 +45,23 @@ def test_resampling_interpolates_flux_and_propagates_variance():
     near = np.flatnonzero(np.abs(grid_wave - WAVE[500]) < 0.8)
     assert near.size and np.all(out_ivar[0, near] == 0)
     y = madgics_rescale_y(grid_wave)
-    scaled_flux, scaled_ivar = to_lae_grid(WAVE, slope, ivar, y=y)
+    scaled_flux, scaled_ivar = to_lae_grid(WAVE, slope, ivar, y=y, variance_model="propagate")
     np.testing.assert_allclose(scaled_flux * np.sqrt(10**y), flux, rtol=1e-12)
     np.testing.assert_allclose(scaled_ivar, out_ivar * 10**y, rtol=1e-12)
+
+
+def test_conserving_variance_keeps_the_native_information():
+    # the inverse variance summed over log pixels equals the native one where log pixels are narrower (blue), and
+    # no pixel gains information over its native neighbours
+    ivar = np.full(WAVE.size, 4.0)
+    _, conserved = to_lae_grid(WAVE, np.ones(WAVE.size), ivar)
+    _, propagated = to_lae_grid(WAVE, np.ones(WAVE.size), ivar, variance_model="propagate")
+    grid_wave = LAE_GRID.wavelength()
+    blue = (grid_wave > 3700) & (grid_wave < 4700)
+    native_blue = (WAVE > 3700) & (WAVE < 4700)
+    assert conserved[0, blue].sum() == pytest.approx(ivar[native_blue].sum(), rel=2e-3)
+    assert propagated[0, blue].sum() > 2.5 * ivar[native_blue].sum()  # what a diagonal C_res would believe
+    assert np.all(conserved[0] <= 4.0 + 1e-12)
 
 
 def test_rescale_polynomial_fit_in_scaled_variable_and_paper_form():

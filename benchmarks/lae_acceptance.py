@@ -1,0 +1,250 @@
+"""MADGICS LAE engine on a simulated DESI survey: priors, injection recovery and calibration, classification.
+
+The acceptance run of the LAE engine (U25; METHODS §2, §3.6-3.9). One store of simulated DESI coadds (LAEs with one
+or two peaks, [O II] interlopers whose doublet falls in the Lya window, galaxies, sky fibres):
+
+1. priors (``dzspec priors``) from the sky fibres and LAEs among the first half of the rows (U25 grid, 50 + 2
+   vectors, rescaling refitted);
+2. injections of the median aligned LAE (the prior's template; U25 §4.2), each set ``--injections`` spectra over an
+   SNR range plus as many at SNR ~100 for the calibration factor s and the z-score check:
+   * white noise, sigma = 0.3, no sky component, z ~ U(2, 4), eta ~ U(0, 50) (U25 §4.2.1);
+   * held-out simulated sky fibres (second half of the rows), rescaled, their ivar as C_res, sigma the robust
+     sigma of the fibre over 3647-6078 Å, SNR ~ U(0, 25) (U25 §4.2.2);
+   * real MUSE sky residuals: the faintest 30 % of the spaxels of ../shared/data/muse_mpdaf_cubes/minicube_A478
+     (900 s; real sky-line residuals and noise), half of them for a MUSE sky prior (20 vectors), the other half
+     injected at z ~ U(2.95, 4) (Lya inside MUSE's 4750-9350 Å); skipped without ../shared;
+3. ``dzspec lae`` over the whole store with the s of the simulated sky set; on the second half of the rows:
+   purity and completeness against the calibrated |dchi2| threshold (all classes: interlopers and empty fibres
+   lower the purity), their values at 25, and the fraction of LAE redshifts within 0.005 of the truth.
+
+Writes ``summary.json``, ``recovery.png``, ``purity_completeness.png`` and ``dchi2_dz.png`` to ``--out``.
+
+Usage (about 10 minutes on 2 cores)::
+
+    python benchmarks/lae_acceptance.py --out acceptance-lae
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dzspec.cluster import make_client
+from dzspec.io import store as zstore
+from dzspec.kernels.lae_injection import (
+    calibration_factor,
+    injection_snr,
+    place_profile,
+    recovery_by_snr,
+    robust_sigma,
+    zscore_sigma,
+)
+from dzspec.kernels.madgics import LAEPrior, scan_lae
+from dzspec.kernels.madgics_priors import (
+    LAE_GRID,
+    gram,
+    sky_line_counts,
+    sky_mask_from_counts,
+    sky_vectors_from_gram,
+    to_lae_grid,
+)
+from dzspec.kernels.metrics import purity_completeness
+from dzspec.parallel.lae import build_lae_prior, prior_rows, run_lae
+from dzspec.simulate import simulate
+from dzspec.viz.lae import plot_dchi2_vs_dz, plot_purity_completeness, plot_recovery
+
+GROUP = "desi-brz-3600-9824-0.8"
+LYA_RANGE = (3647.0, 6078.0)  # Å: Lya at 2 < z < 4
+MUSE_CUBE = Path(__file__).resolve().parents[2] / "shared" / "data" / "muse_mpdaf_cubes" / "minicube_A478.fits.gz"
+
+
+def scan_many(client, flux: np.ndarray, ivar: np.ndarray, prior: LAEPrior, chunk: int = 250):
+    """scan_lae over chunks of in-memory spectra on the cluster; the results' fields concatenated."""
+    prior_future = client.scatter(prior, broadcast=True)
+    futures = [client.submit(scan_lae, flux[s: s + chunk], ivar[s: s + chunk], prior_future, pure=False)
+               for s in range(0, flux.shape[0], chunk)]
+    parts = client.gather(futures)
+    return {name: np.concatenate([getattr(p, name) for p in parts]) for name in ("z", "z_unc", "dchi2")}
+
+
+def injection_set(client, label: str, background: np.ndarray, ivar: np.ndarray, sigma: np.ndarray,
+                  prior: LAEPrior, template: np.ndarray, rng: np.random.Generator, count: int,
+                  z_range: tuple[float, float], eta_max: float | None, snr_max: float) -> dict[str, object]:
+    """Inject into ``count`` random backgrounds over the SNR range, and as many at SNR 100 for s and z-scores."""
+    power = float(np.sum(template**2))
+    out: dict[str, object] = {"count": count}
+    for kind in ("range", "high"):
+        pick = rng.integers(0, background.shape[0], count)
+        z = rng.uniform(*z_range, count)
+        if kind == "high":
+            eta = 100.0 * sigma[pick] / np.sqrt(power)
+        elif eta_max is not None:
+            eta = rng.uniform(0, eta_max, count)
+        else:
+            eta = rng.uniform(0, snr_max, count) * sigma[pick] / np.sqrt(power)
+        snr = injection_snr(eta, sigma[pick], power)
+        shift = prior.shift_of(z)
+        flux = background[pick] + eta[:, None] * np.array(
+            [place_profile(template, prior.window_start, s, prior.n_pixels) for s in shift])
+        result = scan_many(client, flux, ivar[pick], prior)
+        correct = np.abs(result["z"] - z) < 0.005
+        if kind == "range":
+            out["recovery"] = recovery_by_snr(snr, correct)
+            centres, fraction, _ = out["recovery"]
+            out["snr_50"] = _first_crossing(centres, fraction, 0.5)
+            out["snr_all"] = _first_crossing(centres, fraction, 0.999)
+            range_result, range_z = result, z
+        else:
+            s = calibration_factor(result["dchi2"], snr)
+            out["s"] = s
+            out["high_snr_recovered"] = float(correct.mean())
+            out["zscore_sigma_high_snr"] = zscore_sigma(result["z"], z, s * result["z_unc"])
+            out["zscore_sigma_range"] = zscore_sigma(range_result["z"], range_z, s * range_result["z_unc"])
+            good = (np.abs(range_result["z"] - range_z) <= 0.005) & np.isfinite(range_result["z_unc"])
+            out["zscores"] = (range_result["z"] - range_z)[good] / (s * range_result["z_unc"][good])
+    print(f"{label}: 50% recovered at SNR {out['snr_50']}, all at {out['snr_all']}; s = {out['s']:.3f}; "
+          f"z-score sigma {out['zscore_sigma_high_snr']:.3f} (SNR 100), {out['zscore_sigma_range']:.3f} (range)",
+          flush=True)
+    return out
+
+
+def _first_crossing(centres: np.ndarray, fraction: np.ndarray, level: float) -> float | None:
+    """The first SNR bin centre from which every populated bin is at or above ``level``."""
+    populated = np.isfinite(fraction)
+    for i in np.flatnonzero(populated):
+        if np.all(fraction[i:][populated[i:]] >= level):
+            return float(centres[i])
+    return None
+
+
+def muse_backgrounds(y: np.ndarray, variance_model: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rescaled real MUSE blank-sky spaxels on the LAE grid (the faintest 30 % by median flux), or None."""
+    if not MUSE_CUBE.exists():
+        return None
+    from dzspec.io.muse import read_muse_cube
+
+    cube = read_muse_cube(MUSE_CUBE)
+    flux, ivar = cube["flux"].values.astype(np.float64), cube["ivar"].values.astype(np.float64)
+    usable = (ivar > 0).mean(axis=1) > 0.9
+    level = np.nanmedian(np.where(ivar > 0, flux, np.nan), axis=1)
+    faint = np.flatnonzero(usable & (level <= np.nanquantile(level[usable], 0.3)))
+    return to_lae_grid(cube["wavelength"].values, flux[faint], ivar[faint], LAE_GRID, y=y,
+                       variance_model=variance_model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("acceptance-lae"))
+    parser.add_argument("--store", type=Path, help="simulated DESI store (default OUT/desi.zarr, simulated if absent)")
+    parser.add_argument("-n", type=int, default=6000, help="spectra to simulate")
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--injections", type=int, default=2000, help="injections per set and per SNR regime")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.store or args.out / "desi.zarr"
+    rng = np.random.default_rng(args.seed)
+    summary: dict[str, object] = {"settings": {**vars(args), "out": str(args.out), "store": str(store)}}
+    start = time.perf_counter()
+    with make_client(n_workers=args.workers) as client:
+        if not Path(store).exists():
+            simulate(store, "desi", args.n, client, seed=args.seed, progress=False)
+        n = zstore.open_root(store)[f"spectra/{GROUP}"]["flux"].shape[0]
+        half = n // 2
+        sky_all = prior_rows(store, GROUP, ["sky_residual"])
+        lae_all = prior_rows(store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")
+        t0 = time.perf_counter()
+        loaded, prior_summary = build_lae_prior(client, (store, GROUP, sky_all[sky_all < half]),
+                                                (store, GROUP, lae_all[lae_all < half]), out=store, overwrite=True)
+        summary["prior"] = {**{k: v for k, v in prior_summary.items() if not k.endswith("_source")},
+                            "seconds": time.perf_counter() - t0}
+        print(f"priors in {time.perf_counter() - t0:.0f} s: {summary['prior']}", flush=True)
+        prior, template = loaded.prior, loaded.template
+
+        injections: dict[str, dict[str, object]] = {}
+        count = args.injections
+        # white noise: no sky component, C_res = 0.3^2 I (U25 §4.2.1)
+        white = LAEPrior(np.zeros((LAE_GRID.size, 1)), prior.lae_vectors, window_start=prior.window_start,
+                         z_ref=prior.z_ref)
+        noise = rng.normal(0, 0.3, (count, LAE_GRID.size))
+        injections["white noise"] = injection_set(
+            client, "white noise", noise, np.full_like(noise, 0.3**-2), np.full(count, 0.3), white, template, rng,
+            count, (2.0, 4.0), 50.0, 25.0)
+        # held-out simulated sky fibres
+        held_out = sky_all[sky_all >= half]
+        source = zstore.open_root(store)[f"spectra/{GROUP}"]
+        sky_flux, sky_ivar = to_lae_grid(source["wavelength"][:], source["flux"].oindex[held_out, :],
+                                         source["ivar"].oindex[held_out, :], LAE_GRID, y=loaded.rescale_y,
+                                         variance_model=loaded.attrs["variance_model"])
+        band = (LAE_GRID.wavelength() > LYA_RANGE[0]) & (LAE_GRID.wavelength() < LYA_RANGE[1])
+        sigma = np.array([robust_sigma(f[band & (i > 0)]) for f, i in zip(sky_flux, sky_ivar, strict=True)])
+        injections["simulated DESI sky"] = injection_set(
+            client, "simulated DESI sky", sky_flux, sky_ivar, sigma, prior, template, rng, count, (2.0, 4.0), None,
+            25.0)
+        # real MUSE blank-sky spaxels, with a MUSE sky prior from half of them
+        muse = muse_backgrounds(loaded.rescale_y, loaded.attrs["variance_model"])
+        if muse is not None:
+            muse_flux, muse_ivar = muse
+            order = rng.permutation(muse_flux.shape[0])
+            train, test = order[: order.size // 2], order[order.size // 2:]
+            covered = (muse_ivar[train] > 0).sum(axis=0)
+            mask = sky_mask_from_counts(sky_line_counts(muse_flux[train], muse_ivar[train]), train.size)
+            mask |= covered == 0
+            vectors, _ = sky_vectors_from_gram(gram(muse_flux[train], muse_ivar[train]), train.size, mask, 20)
+            muse_prior = LAEPrior(vectors, prior.lae_vectors, window_start=prior.window_start, z_ref=prior.z_ref,
+                                  sky_mask=mask)
+            muse_band = band & (covered > 0)
+            sigma = np.array([robust_sigma(f[muse_band & (i > 0)]) for f, i in zip(muse_flux, muse_ivar, strict=True)])
+            injections["real MUSE sky"] = injection_set(
+                client, "real MUSE sky", muse_flux[test], muse_ivar[test], sigma[test], muse_prior, template, rng,
+                count, (2.95, 4.0), None, 25.0)
+            injections["real MUSE sky"]["spaxels"] = {"prior": int(train.size), "injected": int(test.size),
+                                                      "masked_bins": int((mask & ~(covered == 0)).sum())}
+        summary["injections"] = {label: {k: v for k, v in values.items() if k not in ("recovery", "zscores")}
+                                 for label, values in injections.items()}
+        plot_recovery({label: values["recovery"] for label, values in injections.items()},
+                      {label: values["zscores"] for label, values in injections.items()}, args.out / "recovery.png")
+
+        # classification on the held-out half, calibrated with the simulated sky set's s
+        s = float(injections["simulated DESI sky"]["s"])
+        t0 = time.perf_counter()
+        report = run_lae(store, store, client, group=GROUP, params={"calibration": s}, overwrite=True,
+                         progress=False)
+        summary["scan"] = {"spectra": n, "seconds": time.perf_counter() - t0, "calibration": s,
+                           "complete": report.complete}
+    results = zstore.open_results(store, report.results).compute()
+    spectra = zstore.open_spectra(store, GROUP)
+    test = np.arange(half, n)
+    names = spectra.sim_class.attrs["flag_meanings"].split()
+    sim_class = spectra.sim_class.values[test]
+    is_lae = np.isin(sim_class, [names.index("lae"), names.index("lae_double_peak")])
+    z_true = spectra.z_true.values[test]
+    z_fit = results.z.values[test]
+    score = results.lae_abs_dchi2_cal.values[test]
+    correct = is_lae & (np.abs(z_fit - z_true) < 0.005)
+    thresholds = np.logspace(0, 3, 61)
+    purity, completeness = purity_completeness(score, correct, thresholds)
+    at25 = purity_completeness(score, correct, np.array([25.0]))
+    summary["classification"] = {
+        "test_rows": int(test.size), "per_class": {name: int((sim_class == c).sum()) for c, name in enumerate(names)},
+        "lae_within_0.005": float(correct[is_lae].mean()),
+        "lae_within_0.005_above_25": float(correct[is_lae & (score > 25)].mean()),
+        "purity_at_25": float(at25[0][0]), "completeness_at_25": float(at25[1][0]),
+        "selected_at_25_by_class": {name: int(((sim_class == c) & (score > 25)).sum()) for c, name in enumerate(names)},
+    }
+    summary["seconds"] = time.perf_counter() - start
+    plot_purity_completeness(thresholds, purity, completeness, args.out / "purity_completeness.png",
+                             title=f"held-out simulated DESI, s = {s:.2f}")
+    plot_dchi2_vs_dz(z_fit - np.nan_to_num(z_true, nan=0.0), score, np.array(names)[sim_class],
+                     args.out / "dchi2_dz.png")
+    print(json.dumps(summary["classification"], indent=1))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {args.out}/summary.json, recovery.png, purity_completeness.png, dchi2_dz.png")
+
+
+if __name__ == "__main__":
+    main()
