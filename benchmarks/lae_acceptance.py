@@ -19,7 +19,7 @@ or two peaks, [O II] interlopers whose doublet falls in the Lya window, galaxies
 
 Writes ``summary.json``, ``recovery.png``, ``purity_completeness.png`` and ``dchi2_dz.png`` to ``--out``.
 
-Usage (about 10 minutes on 2 cores)::
+Usage (about 6 minutes on 2 cores)::
 
     python benchmarks/lae_acceptance.py --out acceptance-lae
 """
