@@ -542,16 +542,18 @@ def _refine_weak(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, lags: n
     diag = np.diagonal(prepared.pair_index)
     weak = gp[:, diag] < _WEAK_REL * prepared.hh_norm[diag] * np.linalg.norm(w)
     weak &= (lags > -prepared.n_obs)[:, None] & (lags < prepared.n_rest)[:, None]
+    spectrum_ffts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # rows weak at the same lags share FFT lengths
     for a in np.flatnonzero(weak.any(axis=0)):
         idx = np.flatnonzero(weak[:, a])
         idx = idx[np.argsort(lags[idx], kind="stable")]
         # lags further apart than a window share no pixel: refine such groups separately
         for group in np.split(idx, np.flatnonzero(np.diff(lags[idx]) > prepared.n_obs) + 1):
-            _refine_row(prepared, w, wf, int(a), group, lags, gp, b, 0)
+            _refine_row(prepared, w, wf, int(a), group, lags, gp, b, 0, spectrum_ffts)
 
 
 def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, idx: np.ndarray, lags: np.ndarray,
-                gp: np.ndarray, b: np.ndarray, halvings: int) -> None:
+                gp: np.ndarray, b: np.ndarray, halvings: int,
+                spectrum_ffts: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """Gram row ``a`` and ``b_a`` at ``lags[idx]`` (sorted) from FFTs over only the pixels these windows cover.
 
     The round-off is then relative to row ``a``'s size on those pixels rather than over the whole grid; lags where
@@ -584,9 +586,13 @@ def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, 
         cache[key] = (forward, norm_aa)
         while len(cache) > _RANGE_CACHE:
             cache.popitem(last=False)
+    if length not in spectrum_ffts:
+        spectrum_ffts[length] = (np.conj(scipy.fft.rfft(w, n=length, workers=1)),
+                                 np.conj(scipy.fft.rfft(wf, n=length, workers=1)))
+    fw, ffw = spectrum_ffts[length]
     spectra = np.empty_like(forward)
-    np.multiply(forward[:k], np.conj(scipy.fft.rfft(w, n=length, workers=1)), out=spectra[:k])
-    np.multiply(forward[k], np.conj(scipy.fft.rfft(wf, n=length, workers=1)), out=spectra[k])
+    np.multiply(forward[:k], fw, out=spectra[:k])
+    np.multiply(forward[k], ffw, out=spectra[k])
     corr = scipy.fft.irfft(spectra, n=length, axis=-1, workers=1, overwrite_x=True)
     cols = corr[:, np.mod(sub - p0, length)].T  # (nsub, k + 1)
     g_rows, b_rows = np.ascontiguousarray(cols[:, :k]), np.ascontiguousarray(cols[:, k])
@@ -597,8 +603,8 @@ def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, 
     rest = idx[~fine]
     if rest.size:
         half = rest.size // 2
-        _refine_row(prepared, w, wf, a, rest[:half], lags, gp, b, halvings + 1)
-        _refine_row(prepared, w, wf, a, rest[half:], lags, gp, b, halvings + 1)
+        _refine_row(prepared, w, wf, a, rest[:half], lags, gp, b, halvings + 1, spectrum_ffts)
+        _refine_row(prepared, w, wf, a, rest[half:], lags, gp, b, halvings + 1, spectrum_ffts)
 
 
 @njit(cache=True)
