@@ -12,9 +12,13 @@ U25 (METHODS §2.4-2.5, §5.4). Every spectrum ``d`` on the LAE log grid (rescal
 ``S = I + Vᵀ(z) W V(z) - QᵀQ`` and ``r = Vᵀ(z) W d - Qᵀ a`` (U25 App. A with the Eq. A13 typo fixed).
 
 Fast and exact: the three shift-dependent products are cross-correlations of fixed series with the unshifted window
-eigenvectors, so one FFT pass gives them at every integer shift (52 forward, 105 inverse real FFTs per spectrum), and
-Q for all shifts is one triangular solve. :func:`reference_lae_scan` is the straightforward per-shift, full-length
-evaluation (the (k+50)-column Woodbury system solved afresh at every shift) the fast scan is checked against.
+eigenvectors, so one FFT pass gives them at every integer shift. Q is linear in ``W V_sky``, so the triangular solve
+is applied to that series once (``L⁻¹ (W V_sky)ᵀ``) and its correlation with the window is Q itself; and only the
+rows the shifted windows touch enter, an FFT of ``nshift + m - 1`` points (about half the grid for U25's scan) for
+k_sky + 2 forward and k_sky k + k(k+1)/2 + k inverse transforms per spectrum.
+
+:func:`reference_lae_scan` is the straightforward per-shift, full-length evaluation (the (k+50)-column Woodbury
+system solved afresh at every shift) the fast scan is checked against.
 
 Redshift and pixel shift: the LAE prior is built with its window starting at grid pixel ``window_start`` for the
 reference redshift ``z_ref`` (U25: 2.45, Lya at 4194 Å); shift ``p`` (in pixels, possibly fractional) moves it to
@@ -36,6 +40,7 @@ __all__ = [
     "LAE_GRID_DELTA",
     "LAE_GRID_START",
     "LAEPrior",
+    "LAEScan",
     "LAEWarn",
     "madgics_rescale_y",
     "reference_lae_scan",
