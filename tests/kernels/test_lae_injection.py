@@ -5,6 +5,7 @@ from dzspec.kernels.lae_injection import (
     calibration_factor,
     injection_snr,
     lae_template,
+    matched_filter_snr,
     place_profile,
     recovery_by_snr,
     robust_sigma,
@@ -60,3 +61,12 @@ def test_purity_and_completeness_follow_the_definitions():
     purity, completeness = purity_completeness(score, correct, np.array([0.0, 25.0, 55.0, 100.0]))
     np.testing.assert_allclose(purity, [3 / 4, 2 / 3, 1.0, np.nan])
     np.testing.assert_allclose(completeness, [1.0, 2 / 3, 1 / 3, 0.0])
+
+
+def test_matched_filter_snr_is_eq16_for_white_noise_and_uses_the_ivar_otherwise():
+    profile = place_profile(TEMPLATE, 10, 3.3, 100)
+    assert matched_filter_snr(7.0, profile, np.full(100, 1 / 0.3**2)) == pytest.approx(
+        float(injection_snr(7.0, 0.3, np.sum(profile**2))))
+    ivar = np.full((2, 100), 4.0)
+    ivar[1, :] = 0.0  # no data: no signal
+    np.testing.assert_allclose(matched_filter_snr(1.0, profile, ivar), [2 * np.sqrt(np.sum(profile**2)), 0.0])
