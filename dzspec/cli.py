@@ -29,6 +29,20 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """The block runner's options, shared by every command that writes per-spectrum results."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
+    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
+    parser.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+
+
+def _runner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`_add_runner_args` and :func:`_add_cluster_args` parsed, as the runner's keyword arguments."""
+    return {"group": args.group, "resume": args.resume, "overwrite": args.overwrite, "block_rows": args.block_rows,
+            "progress": not args.no_progress}
+
+
 def _client(args: argparse.Namespace) -> Any:
     from dzspec.cluster import make_client
 
@@ -82,9 +96,8 @@ def _cmd_run_kernel(args: argparse.Namespace) -> int:
     from dzspec.parallel.runner import run_kernel
 
     with _client(args) as client:
-        report = run_kernel(args.store, KERNELS[args.kernel], client, group=args.group, results=args.results,
-                            resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
-                            max_in_flight=args.max_in_flight, retries=args.retries, progress=not args.no_progress)
+        report = run_kernel(args.store, KERNELS[args.kernel], client, results=args.results,
+                            max_in_flight=args.max_in_flight, retries=args.retries, **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
 
@@ -151,9 +164,8 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
     params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting,
               "refine": not args.no_refine, "store_chi2": args.store_chi2, "chi2_decimate": args.chi2_decimate}
     with _client(args) as client:
-        report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params, group=args.group,
-                           resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
-                           progress=not args.no_progress)
+        report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params,
+                           **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
 
@@ -182,9 +194,7 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
               "calibration": args.calibration}
     with _client(args) as client:
-        report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, group=args.group,
-                         resume=args.resume, overwrite=args.overwrite, block_rows=args.block_rows,
-                         progress=not args.no_progress)
+        report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
 
@@ -249,10 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="summary", choices=sorted(KERNELS), help="kernel (default: summary)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--results", help="results group path (default: results/<grid>/<kernel>)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
-    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
-    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    _add_runner_args(p)
     p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: 2 per worker thread)")
     p.add_argument("--retries", type=int, default=2, help="retries per block for transient errors")
     _add_cluster_args(p)
@@ -315,10 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-chi2", action="store_true", help="also store chi2 over the trials (chi2_curve)")
     p.add_argument("--chi2-decimate", type=int, default=1, metavar="N",
                    help="with --store-chi2: keep the minimum of each N consecutive trials (default 1: all)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
-    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
-    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
 
@@ -357,10 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-half-width", type=float, default=5.0, help="fine scan +- pixels at 0.1 px (U25: 5)")
     p.add_argument("--calibration", type=float, default=1.0,
                    help="U25's s: z_unc is multiplied by it, |dchi2| divided by its square (default 1: none)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
-    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
-    p.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_lae)
 
