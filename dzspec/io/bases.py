@@ -21,7 +21,17 @@ from dzspec.io import store as zstore
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 
-__all__ = ["Basis", "array_sha256", "load_basis", "save_basis"]
+__all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "save_basis"]
+
+
+def grid_attrs(grid: LogGrid) -> dict[str, float | int]:
+    """The grid constants as stored with a basis or prior (``grid_start``, ``grid_step``, ``grid_size``)."""
+    return {f"grid_{key}": value for key, value in grid.as_attrs().items()}
+
+
+def grid_from_attrs(attrs: dict[str, Any]) -> LogGrid:
+    """The grid stored by :func:`grid_attrs`."""
+    return LogGrid(float(attrs["grid_start"]), float(attrs["grid_step"]), int(attrs["grid_size"]))
 
 
 def array_sha256(*arrays: np.ndarray) -> str:
@@ -76,9 +86,7 @@ def save_basis(
         array[...] = values
     group.attrs.update(zstore.jsonable({
         "name": name,
-        "grid_start": grid.start,
-        "grid_step": grid.step,
-        "grid_size": grid.size,
+        **grid_attrs(grid),
         "rank": int(basis.shape[0]),
         "method": result.method,
         "seed": result.seed,
@@ -104,5 +112,4 @@ def load_basis(path: str | PathLike[str], name: str) -> Basis:
     basis = np.asarray(group["basis"][...], dtype=np.float64)
     if array_sha256(basis) != attrs["basis_sha256"]:
         raise StoreError(f"{path}/{group_path}: basis bytes do not match basis_sha256 (modified or corrupt)")
-    grid = LogGrid(float(attrs["grid_start"]), float(attrs["grid_step"]), int(attrs["grid_size"]))
-    return Basis(basis, grid, np.asarray(group["covered"][...], dtype=bool), attrs)
+    return Basis(basis, grid_from_attrs(attrs), np.asarray(group["covered"][...], dtype=bool), attrs)

@@ -19,7 +19,7 @@ import numpy as np
 from dzspec._version import __version__
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.io.bases import array_sha256
+from dzspec.io.bases import array_sha256, grid_attrs, grid_from_attrs
 from dzspec.kernels.madgics import LAEPrior
 from dzspec.kernels.restframe import LogGrid
 
@@ -66,9 +66,10 @@ def save_lae_prior(path: str | PathLike[str], name: str, prior: LAEPrior, grid: 
                                    dimension_names=dims, fill_value=0)
         array[...] = values
     group.attrs.update(zstore.jsonable({
-        "name": name, "grid_start": grid.start, "grid_step": grid.step, "grid_size": grid.size,
+        "name": name, **grid_attrs(grid),
         "window_start": int(prior.window_start), "z_ref": float(prior.z_ref), "delta": float(prior.delta),
-        "prior_sha256": _sha256(arrays), "dzspec_version": __version__, **(extra_attrs or {}),
+        "prior_sha256": _sha256({key: values for key, (values, _) in arrays.items()}),
+        "dzspec_version": __version__, **(extra_attrs or {}),
     }))
     return group_path
 
@@ -81,18 +82,16 @@ def load_lae_prior(path: str | PathLike[str], name: str) -> LoadedPrior:
         raise StoreError(f"{path}: no MADGICS prior {group_path!r} (build one with `dzspec priors`)")
     group = root[group_path]
     attrs = dict(group.attrs)
-    arrays = {key: (np.asarray(group[key][...]), ()) for key in
+    arrays = {key: np.asarray(group[key][...]) for key in
               ("sky_vectors", "sky_mask", "sky_eigenvalues", "lae_vectors", "lae_eigenvalues", "rescale_y",
                "lae_template") if key in group}
     if _sha256(arrays) != attrs["prior_sha256"]:
         raise StoreError(f"{path}/{group_path}: prior bytes do not match prior_sha256 (modified or corrupt)")
-    prior = LAEPrior(arrays["sky_vectors"][0], arrays["lae_vectors"][0], window_start=int(attrs["window_start"]),
-                     z_ref=float(attrs["z_ref"]), sky_mask=arrays["sky_mask"][0].astype(bool),
-                     delta=float(attrs["delta"]))
-    grid = LogGrid(float(attrs["grid_start"]), float(attrs["grid_step"]), int(attrs["grid_size"]))
-    template = arrays["lae_template"][0] if "lae_template" in arrays else None
-    return LoadedPrior(prior, grid, arrays["rescale_y"][0], template, attrs)
+    prior = LAEPrior(arrays["sky_vectors"], arrays["lae_vectors"], window_start=int(attrs["window_start"]),
+                     z_ref=float(attrs["z_ref"]), sky_mask=arrays["sky_mask"].astype(bool), delta=float(attrs["delta"]))
+    return LoadedPrior(prior, grid_from_attrs(attrs), arrays["rescale_y"], arrays.get("lae_template"), attrs)
 
 
-def _sha256(arrays: dict[str, tuple[np.ndarray, Any]]) -> str:
-    return array_sha256(*(values for key, (values, _) in sorted(arrays.items())))
+def _sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Checksum of the prior's arrays in name order (so an optional one may be absent)."""
+    return array_sha256(*(arrays[key] for key in sorted(arrays)))
