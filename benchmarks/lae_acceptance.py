@@ -37,6 +37,7 @@ import numpy as np
 
 from dzspec.cluster import make_client
 from dzspec.io import store as zstore
+from dzspec.io.muse_ingredients import blank_sky_spaxels
 from dzspec.kernels.lae_injection import (
     calibration_factor,
     matched_filter_snr,
@@ -127,15 +128,8 @@ def muse_backgrounds(y: np.ndarray, variance_model: str) -> tuple[np.ndarray, np
     """Rescaled real MUSE blank-sky spaxels on the LAE grid (the faintest 30 % by median flux), or None."""
     if not MUSE_CUBE.exists():
         return None
-    from dzspec.io.muse import read_muse_cube
-
-    cube = read_muse_cube(MUSE_CUBE)
-    flux, ivar = cube["flux"].values.astype(np.float64), cube["ivar"].values.astype(np.float64)
-    usable = (ivar > 0).mean(axis=1) > 0.9
-    level = np.nanmedian(np.where(ivar > 0, flux, np.nan), axis=1)
-    faint = np.flatnonzero(usable & (level <= np.nanquantile(level[usable], 0.3)))
-    return to_lae_grid(cube["wavelength"].values, flux[faint], ivar[faint], LAE_GRID, y=y,
-                       variance_model=variance_model)
+    wavelength, flux, ivar = blank_sky_spaxels(MUSE_CUBE, 0.3)
+    return to_lae_grid(wavelength, flux, ivar, LAE_GRID, y=y, variance_model=variance_model)
 
 
 def main() -> None:

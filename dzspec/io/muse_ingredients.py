@@ -15,7 +15,7 @@ import numpy as np
 from dzspec.io.ingredients import load_filter, load_sky_spectrum, load_table_columns
 from dzspec.kernels.simulate.muse import MuseIngredients, muse_wavelength
 
-__all__ = ["blank_sky_residual_pattern", "load_muse_ingredients"]
+__all__ = ["blank_sky_residual_pattern", "blank_sky_spaxels", "load_muse_ingredients"]
 
 
 def load_muse_ingredients(
@@ -68,6 +68,16 @@ def blank_sky_residual_pattern(cube_path: str | PathLike[str], faint_fraction: f
     """
     from scipy.ndimage import median_filter
 
+    wavelength, flux, ivar = blank_sky_spaxels(cube_path, faint_fraction)
+    ratio = flux * np.sqrt(ivar)
+    ratio -= median_filter(ratio, size=(1, highpass_pixels), mode="nearest")
+    return np.interp(muse_wavelength(), wavelength, ratio.mean(axis=0))
+
+
+def blank_sky_spaxels(cube_path: str | PathLike[str], faint_fraction: float = 0.3
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(wavelength, flux, ivar)`` (float64) of the blank-sky spaxels of a MUSE cube: the faintest
+    ``faint_fraction`` by median flux among those with data in more than 90 % of their pixels."""
     from dzspec.io.muse import read_muse_cube
 
     ds = read_muse_cube(cube_path)
@@ -77,7 +87,4 @@ def blank_sky_residual_pattern(cube_path: str | PathLike[str], faint_fraction: f
     level = np.nanmedian(np.where(ivar > 0, flux, np.nan), axis=1)
     level[~usable] = np.inf
     faint = np.flatnonzero(level <= np.quantile(level[usable], faint_fraction))
-    ratio = flux[faint] * np.sqrt(ivar[faint])
-    ratio -= median_filter(ratio, size=(1, highpass_pixels), mode="nearest")
-    pattern = ratio.mean(axis=0)
-    return np.interp(muse_wavelength(), ds["wavelength"].values, pattern)
+    return ds["wavelength"].values, flux[faint], ivar[faint]
