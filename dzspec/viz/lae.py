@@ -58,9 +58,8 @@ def plot_dchi2_vs_dz(dz: np.ndarray, abs_dchi2: np.ndarray, labels: np.ndarray, 
         ax.scatter(np.clip(dz[members], -2, 2), np.clip(abs_dchi2[members], 0.1, None), s=4, alpha=0.6, label=label)
     ax.axvspan(-0.005, 0.005, color="C2", alpha=0.15)
     ax.axhline(25, color="0.5", ls="--", lw=0.8)
-    ax.set(xscale="symlog", yscale="log", xlabel="z_fit - z_true (clipped at +-2; symlog)",
-           ylabel="calibrated |dchi2|")
-    ax.set_xscale("symlog", linthresh=0.005)
+    ax.set_xscale("symlog", linthresh=0.005)  # linear inside the |dz| < 0.005 band, logarithmic beyond
+    ax.set(yscale="log", xlabel="z_fit - z_true (clipped at +-2; symlog)", ylabel="calibrated |dchi2|")
     ax.legend(fontsize=8, markerscale=3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
