@@ -78,6 +78,8 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
     >>> round(float(i[0, 101]), 2)  # sum w^2 var: more than the native pixel's 4
     7.48
     """
+    if variance_model not in ("conserve", "propagate"):
+        raise ValueError(f"variance_model must be 'conserve' or 'propagate', not {variance_model!r}")
     wavelength = np.asarray(wavelength, dtype=np.float64)
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
@@ -86,8 +88,8 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
     usable = inside & good[:, left] & good[:, right]
     with np.errstate(divide="ignore"):
         variance = np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0)
-    out_flux = np.where(usable, (1 - t) * np.where(good, flux, 0.0)[:, left] + t * np.where(good, flux, 0.0)[:, right],
-                        0.0)
+    clean = np.where(good, flux, 0.0)
+    out_flux = np.where(usable, (1 - t) * clean[:, left] + t * clean[:, right], 0.0)
     if variance_model == "propagate":
         out_var = (1 - t) ** 2 * variance[:, left] + t**2 * variance[:, right]
     else:
@@ -99,8 +101,9 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
     with np.errstate(divide="ignore"):
         out_ivar = np.where(usable & (out_var > 0), 1.0 / np.where(out_var > 0, out_var, 1.0), 0.0)
     if y is not None:
-        out_flux /= np.sqrt(10.0**y)
-        out_ivar *= 10.0**y
+        scale = 10.0**y
+        out_flux /= np.sqrt(scale)
+        out_ivar *= scale
     return out_flux, out_ivar
 
 
