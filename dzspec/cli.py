@@ -189,13 +189,22 @@ def _cmd_priors(args: argparse.Namespace) -> int:
 
 
 def _cmd_lae(args: argparse.Namespace) -> int:
+    from dzspec.io import store as zstore
+    from dzspec.kernels.lae_interlopers import INTERLOPER_BITS, select_lae
     from dzspec.parallel.lae import run_lae
 
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
-              "calibration": args.calibration}
+              "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max}
     with _client(args) as client:
         report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, **_runner_kwargs(args))
     print(report.summary())
+    if report.complete:
+        results = zstore.open_results(args.store, report.results)
+        score, warn = results.lae_abs_dchi2_cal.values, results.lae_warn.values
+        vetoed = (score > args.threshold) & ((warn.astype("int64") & INTERLOPER_BITS) != 0)
+        print(f"LAE candidates (calibrated |dchi2| > {args.threshold:g}, no interloper flag): "
+              f"{int(select_lae(score, warn, args.threshold).sum())} of {score.size}; "
+              f"{int(vetoed.sum())} above the threshold flagged as low-z interlopers")
     return 0 if report.complete else 1
 
 
@@ -361,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-half-width", type=float, default=5.0, help="fine scan +- pixels at 0.1 px (U25: 5)")
     p.add_argument("--calibration", type=float, default=1.0,
                    help="U25's s: z_unc is multiplied by it, |dchi2| divided by its square (default 1: none)")
+    p.add_argument("--ew-min", type=float, default=20.0,
+                   help="flag LOW_EW below this rest-frame Lya EW (A) where the continuum is detected (default 20)")
+    p.add_argument("--lowz-max", type=float, default=25.0,
+                   help="flag LOWZ_LINES above this companion-line chi-square of a low-z reading (default 25)")
+    p.add_argument("--threshold", type=float, default=25.0,
+                   help="calibrated |dchi2| of an LAE candidate in the printed count (U25: 25)")
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_lae)

@@ -42,6 +42,7 @@ __all__ = [
     "LAEPrior",
     "LAEScan",
     "LAEWarn",
+    "lae_line_flux",
     "madgics_rescale_y",
     "reference_lae_scan",
     "scan_lae",
@@ -80,6 +81,8 @@ class LAEWarn(enum.IntFlag):
     BAD_CURVATURE = 1 << 2  #: the fine dchi2 is not convex around its minimum: z_unc = NaN
     NO_SIGNAL = 1 << 3  #: the best dchi2 is 0: the LAE component is nowhere supported by data
     SKY_SINGULAR = 1 << 4  #: I + V_skyᵀ W V_sky is not positive definite (cannot happen in exact arithmetic)
+    LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.kernels.lae_interlopers`)
+    LOWZ_LINES = 1 << 6  #: companion lines of a low-z reading of the line ([O II], H-beta, [O III] 5007)
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,30 @@ def _lae_columns(prior: LAEPrior, position: float) -> np.ndarray:
     if hi > lo:
         columns[lo:hi] = u[lo - first: hi - first]
     return columns
+
+
+def lae_line_flux(prior: LAEPrior, z: np.ndarray, amplitude: np.ndarray, flux_scale: np.ndarray,
+                  pixel_width: np.ndarray) -> np.ndarray:
+    """Integral ``sum_i x_LAE,i flux_scale_i pixel_width_i`` of each spectrum's posterior mean LAE component at its
+    redshift: the line flux in the un-rescaled unit (``flux_scale = sqrt(10**y)`` undoes U25 Eq. 8) times Å.
+
+    ``z`` and ``amplitude`` ((nspec,), (nspec, k)) are :class:`LAEScan`'s ``z`` and ``lae_amplitude``; NaN where z is.
+
+    Examples
+    --------
+    >>> line = np.exp(-0.5 * ((np.arange(40) - 20) / 2.0) ** 2)[:, None]
+    >>> prior = LAEPrior(np.zeros((2000, 1)), line, window_start=500)
+    >>> flux = lae_line_flux(prior, prior.redshift_of(np.array([200.0])), np.array([[3.0]]), np.ones(2000),
+    ...                      np.full(2000, 0.5))
+    >>> round(float(flux[0]), 3)  # 3 x sqrt(2 pi) 2 pixels x 0.5 Å
+    7.52
+    """
+    out = np.full(np.shape(z), np.nan)
+    for row, (redshift, alpha) in enumerate(zip(np.asarray(z, float), np.asarray(amplitude, float), strict=True)):
+        if np.isfinite(redshift) and np.all(np.isfinite(alpha)):
+            out[row] = (_lae_columns(prior, round(float(prior.shift_of(redshift)) * 10) / 10) @ alpha
+                        ) @ (flux_scale * pixel_width)
+    return out
 
 
 def _posterior_means(prior: LAEPrior, weight: np.ndarray, data: np.ndarray, position: float, chol: np.ndarray,

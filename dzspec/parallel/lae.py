@@ -34,7 +34,8 @@ from dzspec.io import store as zstore
 from dzspec.io.priors import LoadedPrior, load_lae_prior, save_lae_prior
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.lae_injection import lae_template
-from dzspec.kernels.madgics import LAEPrior, LAEWarn, scan_lae, sky_component
+from dzspec.kernels.lae_interlopers import LOWZ_HYPOTHESES, interloper_tests
+from dzspec.kernels.madgics import LAEPrior, LAEWarn, lae_line_flux, scan_lae, sky_component
 from dzspec.kernels.madgics_priors import (
     LAE_GRID,
     LAE_WINDOW,
@@ -258,16 +259,26 @@ def _prior(path: str, name: str, sha256: str) -> LoadedPrior:
 
 def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
-                    calibration: float, exclusion: int) -> dict[str, np.ndarray]:
+                    calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
+                    lowz_max: float) -> dict[str, np.ndarray]:
     loaded = _prior(prior_store, prior_name, prior_sha256)
     grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
                                        variance_model=loaded.attrs["variance_model"])
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
                       fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion)
+    grid_wavelength = loaded.grid.wavelength()
+    line_flux = lae_line_flux(loaded.prior, result.z, result.lae_amplitude, np.sqrt(10.0**loaded.rescale_y),
+                              grid_wavelength * np.log(10) * loaded.grid.step)
+    # EW and companion lines on the native pixels: uncorrelated, and not rescaled
+    tests = interloper_tests(wavelength, np.asarray(flux, np.float64), np.asarray(ivar, np.float64), result.z,
+                             line_flux)
+    warn = result.warn.astype(np.uint32) | tests.warn(ew_min, continuum_snr, lowz_max)
     return {"z": result.z, "z_unc": result.z_unc, "lae_dchi2": result.dchi2, "lae_abs_dchi2_cal": result.abs_dchi2_cal,
             "z_coarse": result.z_coarse, "lae_dchi2_coarse": result.dchi2_coarse, "z_alt": result.z_alt,
             "lae_dchi2_alt": result.dchi2_alt, "chi2_null": result.chi2_null,
-            "lae_amplitude": result.lae_amplitude, "lae_warn": result.warn.astype(np.uint32)}
+            "lae_amplitude": result.lae_amplitude, "lae_line_flux": line_flux, "lae_continuum": tests.continuum,
+            "lae_continuum_err": tests.continuum_err, "lae_ew_rest": tests.ew_rest, "lowz_score": tests.lowz_score,
+            "lowz_hypothesis": tests.hypothesis, "lae_warn": warn}
 
 
 def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
@@ -286,7 +297,22 @@ def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
         "lae_dchi2_alt": OutputSpec("float64", ("alternative",), (2,)),
         "chi2_null": OutputSpec("float64", attrs={"description": "chi2(sky+res), the baseline of lae_dchi2"}),
         "lae_amplitude": OutputSpec("float32", ("lae_vector",), (int(params["n_lae"]),)),
-        "lae_warn": OutputSpec("uint32", fill=0, attrs=flag_attrs(LAEWarn)),
+        "lae_line_flux": OutputSpec("float32", attrs={
+            "description": "integral of the posterior LAE component at z (flux unit x Angstrom)"}),
+        "lae_continuum": OutputSpec("float32", attrs={
+            "description": "clipped inverse-variance mean flux density at rest 1250-1500 A (Lya reading)"}),
+        "lae_continuum_err": OutputSpec("float32"),
+        "lae_ew_rest": OutputSpec("float32", attrs={
+            "description": "lae_line_flux / (lae_continuum (1+z)); inf where the continuum is <= 0"}),
+        "lowz_score": OutputSpec("float32", attrs={
+            "description": "largest companion-line chi-square of a low-z reading of the line "
+                           f"({', '.join(LOWZ_HYPOTHESES)})"}),
+        "lowz_hypothesis": OutputSpec("int8", fill=-1, attrs={
+            "description": "index of that reading", "flag_meanings": " ".join(LOWZ_HYPOTHESES)}),
+        "lae_warn": OutputSpec("uint32", fill=0, attrs={
+            **flag_attrs(LAEWarn), "interloper_cuts": f"LOW_EW: continuum > {params['continuum_snr']} sigma and "
+                                                      f"EW_rest < {params['ew_min']} A; LOWZ_LINES: lowz_score > "
+                                                      f"{params['lowz_max']}"}),
     }
 
 
@@ -296,8 +322,9 @@ LAE_SCAN = KernelSpec(
     func=_lae_scan_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="1",
-    defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10},
+    version="2",
+    defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
+              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0},
 )
 
 
@@ -306,7 +333,9 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
     """Scan every spectrum of a store's spectra group for a Lya emitter, into ``results/<grid>/madgics_lae``.
 
     ``params`` override :data:`LAE_SCAN`'s defaults (``z_min``, ``n_shifts``, ``fine_half_width``, ``calibration``
-    (U25's s), ``exclusion``); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
+    (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max`` of
+    :mod:`dzspec.kernels.lae_interlopers`); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
+    :func:`~dzspec.kernels.lae_interlopers.select_lae` of ``lae_abs_dchi2_cal`` and ``lae_warn`` classifies.
     """
     prior_store = str(Path(prior_store).resolve())
     loaded = load_lae_prior(prior_store, prior_name)

@@ -3,7 +3,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dzspec.kernels.madgics import LAEPrior, LAEWarn, madgics_rescale_y, reference_lae_scan, scan_lae
+from dzspec.kernels.madgics import (
+    LAEPrior,
+    LAEWarn,
+    lae_line_flux,
+    madgics_rescale_y,
+    reference_lae_scan,
+    scan_lae,
+)
 
 
 def lae_profile(m: int = 40) -> np.ndarray:
@@ -96,6 +103,10 @@ def test_matches_dense_brute_force_and_components_sum_to_data():
     np.testing.assert_allclose(components["sky"][0], c_sky @ total_inv_d, atol=1e-9)
     np.testing.assert_allclose(components["lae"][0], v @ v.T @ total_inv_d, atol=1e-9)
     np.testing.assert_allclose(components["sky"][0] + components["lae"][0] + components["res"][0], d, atol=1e-12)
+    # the line flux is the dense posterior LAE component's integral, with the rescaling undone
+    scale, width = np.linspace(0.5, 2.0, 400), np.linspace(0.4, 0.9, 400)
+    line_flux = lae_line_flux(prior, result.z, result.lae_amplitude, scale, width)
+    assert line_flux[0] == pytest.approx((v @ v.T @ total_inv_d) @ (scale * width), rel=1e-9)
 
 
 @settings(max_examples=25, deadline=None)

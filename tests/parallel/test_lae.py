@@ -9,7 +9,8 @@ import pytest
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.priors import load_lae_prior
-from dzspec.kernels.madgics import scan_lae, sky_component
+from dzspec.kernels.lae_interlopers import INTERLOPER_BITS, interloper_tests, select_lae
+from dzspec.kernels.madgics import lae_line_flux, scan_lae, sky_component
 from dzspec.kernels.madgics_priors import (
     RescalePolynomial,
     align_windows,
@@ -101,6 +102,14 @@ def test_lae_scan_through_the_runner(desi, client):
     direct = scan_lae(flux, ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(2.0, N_SHIFTS))
     np.testing.assert_array_equal(results.z.values[rows], direct.z)
     np.testing.assert_array_equal(results.lae_dchi2.values[rows], direct.dchi2)
+    line_flux = lae_line_flux(loaded.prior, direct.z, direct.lae_amplitude, np.sqrt(10.0**loaded.rescale_y),
+                              GRID.wavelength() * np.log(10) * GRID.step)
+    tests = interloper_tests(source["wavelength"][:], source["flux"].oindex[rows, :].astype(float),
+                             source["ivar"].oindex[rows, :].astype(float), direct.z, line_flux)
+    np.testing.assert_allclose(results.lae_line_flux.values[rows], line_flux, rtol=1e-6)
+    np.testing.assert_allclose(results.lae_ew_rest.values[rows], tests.ew_rest, rtol=1e-6)
+    np.testing.assert_allclose(results.lowz_score.values[rows], tests.lowz_score, rtol=1e-6)
+    np.testing.assert_array_equal(results.lae_warn.values[rows], direct.warn.astype(np.uint32) | tests.warn())
     # bright LAEs are found (a coarse grid: 4x U25's pixel)
     names = spectra.sim_class.attrs["flag_meanings"].split()
     bright = np.isin(spectra.sim_class.values, [names.index("lae"), names.index("lae_double_peak")]) & (
@@ -109,6 +118,15 @@ def test_lae_scan_through_the_runner(desi, client):
     error = np.abs(results.z.values[bright] - spectra.z_true.values[bright])
     assert np.mean(error < 0.005) > 0.85
     assert np.all(results.lae_dchi2.values[np.isfinite(results.lae_dchi2.values)] <= 0)
+    # the interloper flags spare the LAEs found and reject most detected [O II] emitters and galaxies (on this
+    # coarse grid; benchmarks/lae_acceptance.py measures it on U25's)
+    detected = np.abs(results.lae_dchi2.values) > 25
+    selected = select_lae(np.abs(results.lae_dchi2.values), results.lae_warn.values)
+    found = np.flatnonzero(bright)[error < 0.005]
+    assert (results.lae_warn.values[found] & INTERLOPER_BITS).astype(bool).mean() < 0.05
+    for name in ("oii_interloper", "galaxy"):
+        members = (spectra.sim_class.values == names.index(name)) & detected
+        assert members.sum() >= 20 and selected[members].mean() < 0.3, name
 
 
 def test_a_modified_prior_is_refused(desi, tmp_path):
@@ -138,9 +156,11 @@ def test_cli_priors_then_lae_on_the_u25_grid(tmp_path, client, capsys):
     assert '"window_pixels": 301' in out and "priors/lae" in out
     args = ["lae", str(store), "--prior", str(store), "--group", GROUP, "--calibration", "2.0", *common]
     assert main([*args, "--overwrite"]) == 0
-    assert "2 blocks, 0 already done, 2 computed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 blocks, 0 already done, 2 computed" in out and "LAE candidates (calibrated |dchi2| > 25" in out
     assert main([*args, "--resume"]) == 0
     assert "2 already done, 0 computed" in capsys.readouterr().out
     results = zstore.open_results(store, f"results/{GROUP}/madgics_lae").compute()
     np.testing.assert_allclose(results.lae_abs_dchi2_cal, np.abs(results.lae_dchi2) / 4)
+    assert "EW_rest < 20.0" in results.lae_warn.attrs["interloper_cuts"]
     assert results.sizes["spectrum"] == 240 and np.isfinite(results.z).all()
