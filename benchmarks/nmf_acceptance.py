@@ -62,7 +62,8 @@ def gf_entry(z_pred: np.ndarray, z_true: np.ndarray) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("acceptance-nmf"))
-    parser.add_argument("--store", type=Path, help="simulated MUSE store (default OUT/muse.zarr, simulated if absent)")
+    parser.add_argument("--store", type=Path,
+                        help="simulated MUSE store to use as it is (default: simulate into OUT/muse.zarr)")
     parser.add_argument("-n", type=int, default=7000, help="spectra to simulate")
     parser.add_argument("--train-spectra", type=int, default=5000,
                         help="the first this many spectra with a known redshift are the training pool")
@@ -79,7 +80,7 @@ def main() -> None:
     summary: dict[str, object] = {"settings": {**vars(args), "out": str(args.out), "store": str(store)}}
     start = time.perf_counter()
     with make_client(n_workers=args.workers) as client:
-        if not Path(store).exists():
+        if args.store is None:  # resumes an interrupted simulation; nothing to do for a finished one
             simulate(store, "muse", args.n, client, seed=args.seed, progress=False)
         group, pool = select_training_rows(store)
         pool = pool[:args.train_spectra]

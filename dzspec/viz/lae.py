@@ -35,16 +35,18 @@ def plot_recovery(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     plt.close(fig)
 
 
-def plot_purity_completeness(thresholds: np.ndarray, purity: np.ndarray, completeness: np.ndarray,
+def plot_purity_completeness(thresholds: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]],
                              path: str | PathLike[str], *, marked: float = 25.0, title: str = "") -> None:
-    """Purity and completeness against the calibrated |dchi2| threshold, ``marked`` drawn."""
+    """Purity (solid) and completeness (dashed) against the calibrated |dchi2| threshold, one colour per selection
+    rule in ``curves`` (label -> (purity, completeness)), ``marked`` drawn."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4), constrained_layout=True)
-    ax.plot(thresholds, purity, label="purity")
-    ax.plot(thresholds, completeness, label="completeness")
-    ax.axvline(marked, color="0.5", ls="--", lw=0.8)
+    for colour, (label, (purity, completeness)) in enumerate(curves.items()):
+        ax.plot(thresholds, purity, color=f"C{colour}", label=f"purity, {label}")
+        ax.plot(thresholds, completeness, color=f"C{colour}", ls="--", label=f"completeness, {label}")
+    ax.axvline(marked, color="0.5", ls=":", lw=0.8)
     ax.set(xscale="log", xlabel="threshold on calibrated |dchi2|", ylim=(-0.02, 1.02), title=title)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

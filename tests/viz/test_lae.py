@@ -18,7 +18,8 @@ def test_lae_figures(tmp_path):
     score = rng.lognormal(3, 1.5, 500)
     thresholds = np.logspace(0, 3, 31)
     purity, completeness = purity_completeness(score, correct, thresholds)
-    plot_purity_completeness(thresholds, purity, completeness, tmp_path / "pc.png", title="t")
+    plot_purity_completeness(thresholds, {"scan": (purity, completeness), "vetoed": (purity, 0.9 * completeness)},
+                             tmp_path / "pc.png", title="t")
     labels = np.array(["lae", "sky_residual"])[rng.integers(0, 2, 500)]
     plot_dchi2_vs_dz(rng.normal(0, 0.3, 500), score, labels, tmp_path / "dz.png")
     for name in ("recovery.png", "pc.png", "dz.png"):
