@@ -208,6 +208,40 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dzspec.parallel.stats import survey_report
+
+    thresholds = None
+    if args.thresholds:
+        lo, hi, count = args.thresholds.split(":")
+        thresholds = np.linspace(float(lo), float(hi), int(count))
+    with _client(args):
+        tables = survey_report(args.store, args.results, by=args.by, split=args.split, score=args.score,
+                               log10=args.log10, thresholds=thresholds, marked=args.marked, positive=args.positive,
+                               false_classes=args.false_class, z=args.z, truth=args.truth, tol=args.tol,
+                               form=args.form, nbins=args.nbins, name=args.name, figures=args.figures)
+    for key, table in tables.items():
+        if key.startswith("gf_"):
+            print(f"{key} ({table.attrs['form']} tol {table.attrs['tol']}):")
+            for i in range(table.sizes["bin"]):
+                row = table.isel(bin=i)
+                print(f"  [{float(row.bin_lo):g}, {float(row.bin_hi):g}]  n={int(row.n)}  GF={float(row.gf):.3f} "
+                      f"({float(row.gf_lo):.3f}-{float(row.gf_hi):.3f})  MAE={float(row.mae):.2e}")
+        elif key.startswith("threshold_"):
+            attrs = table.attrs
+            line = (f"{key}: AUC {attrs['auc']:.3f}; nearest (0,1) at {attrs['best_threshold']:g} "
+                    f"(TPR {attrs['best_tpr']:.3f}, FPR {attrs['best_fpr']:.3f})")
+            if "marked" in attrs:
+                line += (f"; at {attrs['marked']:g}: purity {attrs['purity_at_marked']:.3f}, completeness "
+                         f"{attrs['completeness_at_marked']:.3f}")
+            print(line)
+    print(f"tables in {args.store}/stats/{args.name or args.results.rstrip('/').rsplit('/', 1)[-1]}/"
+          + (f"; figures in {args.figures}" if args.figures else ""))
+    return 0
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from importlib import import_module
 
@@ -379,6 +413,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_lae)
+
+    p = sub.add_parser("stats", help="survey statistics of a result group: GF/MAE by bins, purity, completeness, ROC")
+    p.add_argument("store")
+    p.add_argument("--results", required=True, help="result group, e.g. results/<grid>/nmf_zfind")
+    p.add_argument("--by", nargs="*", default=[], metavar="COLUMN[:EDGES]",
+                   help="GF/MAE binned by per-spectrum columns, e.g. z_true:0,1,3,7 snr_lines:0,3,5,7,10,inf mag_f775w")
+    p.add_argument("--nbins", type=int, default=8, help="equal bins for a --by column given without edges")
+    p.add_argument("--split", metavar="COLUMN[:EDGES]",
+                   help="repeat every table per value (or per bin) of this column, e.g. depth_hours:0,5,20,200")
+    p.add_argument("--z", default="z", help="predicted redshift column (default z)")
+    p.add_argument("--truth", default="z_true", help="true redshift column (default z_true)")
+    p.add_argument("--tol", type=float, default=0.005, help="good if |dz| < tol (1+z) (default 0.005, B26)")
+    p.add_argument("--form", choices=("relative", "absolute"), default="relative",
+                   help="'absolute': good if |dz| < tol (U25)")
+    p.add_argument("--score", help="detection score column for purity/completeness/ROC (e.g. nmf_significance)")
+    p.add_argument("--log10", action="store_true", help="sweep log10 of the score (B26 true/false sources)")
+    p.add_argument("--thresholds", metavar="LO:HI:N", help="threshold sweep (default: the score's range, 101)")
+    p.add_argument("--marked", type=float, help="report purity and completeness at this threshold (B26: -2)")
+    p.add_argument("--positive", choices=("source", "correct"), default="source",
+                   help="what the score should select: real sources (sim_class not --false-class) or correct z")
+    p.add_argument("--false-class", nargs="*", default=["false_source"], help="sim_class values that are not sources")
+    p.add_argument("--name", help="tables go to stats/<name>/ (default: the result group's name)")
+    p.add_argument("--figures", help="write PNG figures to this folder")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
     p.add_argument("--survey", choices=("muse", "desi"), required=True)
