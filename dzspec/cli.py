@@ -242,6 +242,34 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convergence(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dzspec.parallel.exposure_convergence import exposure_convergence
+
+    with _client(args) as client:
+        report = exposure_convergence(args.store, args.prior, client, exposures=args.exposures,
+                                      prior_name=args.name, n_max=args.n_max, n_draws=args.draws,
+                                      min_exposures=args.min_exposures, seed=args.seed, estimator=args.estimator,
+                                      flux_name=args.flux_column, z_min=args.z_min, n_shifts=args.n_shifts,
+                                      out=args.out, overwrite=args.overwrite,
+                                      progress=not args.no_progress)
+    grid = report.grid
+    print(f"{report.ntargets} targets in {report.nblocks} blocks: {report.already_done} already done, "
+          f"{report.computed} computed, {len(report.failed)} failed; tables in {args.store}/{args.out}")
+    for i, threshold in enumerate(grid.flux_threshold.values):
+        cells = " ".join(f"{f:4.2f}" if np.isfinite(f) else "   -" for f in grid.converged_fraction.values[i])
+        print(f"  line flux >= {threshold:g}: {cells}")
+    if args.figure:
+        from dzspec.viz.exposure import plot_exposure_convergence
+
+        plot_exposure_convergence(grid.converged_fraction.values, grid["count"].values,
+                                  np.r_[grid.exptime_lo.values, grid.exptime_hi.values[-1]],
+                                  grid.flux_threshold.values, args.figure)
+        print(f"figure: {args.figure}")
+    return 0 if report.complete else 1
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from importlib import import_module
 
@@ -438,6 +466,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", help="write PNG figures to this folder")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("convergence", help="exposure-time convergence of LAE redshifts from individual exposures "
+                                           "(U25 4.3, Fig. 9)")
+    p.add_argument("store", help="store holding the individual exposures")
+    p.add_argument("--prior", required=True, help="store holding the MADGICS prior (dzspec priors)")
+    p.add_argument("--name", default="lae", help="prior name (default: lae)")
+    p.add_argument("--exposures", help="exposures group (default: the store's only *-exposures-* group)")
+    p.add_argument("--n-max", type=int, default=15, help="subsets of 1..N exposures (U25: 15)")
+    p.add_argument("--draws", type=int, default=10, help="bootstrap sets per n (U25: 10)")
+    p.add_argument("--min-exposures", type=int, help="targets with fewer get NaN and a flag (default: --n-max)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--estimator", choices=("std", "iqr"), default="std", help="sigma_z of the draws (U25: std)")
+    p.add_argument("--flux-column", default="flux_lya", help="line flux column of the coadds (Fig. 9 rows)")
+    p.add_argument("--z-min", type=float, default=2.0, help="redshift of the first shift (U25: 2)")
+    p.add_argument("--n-shifts", type=int, default=4501, help="one-pixel shifts scanned (U25: 4501)")
+    p.add_argument("--out", default="stats/exposure_convergence", help="output group in the store")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
+    p.add_argument("--figure", help="write the Fig. 9 grid as this PNG")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_convergence)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
     p.add_argument("--survey", choices=("muse", "desi"), required=True)
