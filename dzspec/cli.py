@@ -194,7 +194,8 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     from dzspec.parallel.lae import run_lae
 
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
-              "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max}
+              "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max,
+              "line_snr_min": args.line_snr_min}
     with _client(args) as client:
         report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, **_runner_kwargs(args))
     print(report.summary())
@@ -204,7 +205,7 @@ def _cmd_lae(args: argparse.Namespace) -> int:
         vetoed = (score > args.threshold) & ((warn.astype("int64") & INTERLOPER_BITS) != 0)
         print(f"LAE candidates (calibrated |dchi2| > {args.threshold:g}, no interloper flag): "
               f"{int(select_lae(score, warn, args.threshold).sum())} of {score.size}; "
-              f"{int(vetoed.sum())} above the threshold flagged as low-z interlopers")
+              f"{int(vetoed.sum())} above the threshold flagged (low-z interloper or no line)")
     return 0 if report.complete else 1
 
 
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag LOW_EW below this rest-frame Lya EW (A) where the continuum is detected (default 20)")
     p.add_argument("--lowz-max", type=float, default=25.0,
                    help="flag LOWZ_LINES above this companion-line chi-square of a low-z reading (default 25)")
+    p.add_argument("--line-snr-min", type=float, default=2.0,
+                   help="flag NO_LINE below this S/N of a Gaussian at the Lya wavelength on the native pixels")
     p.add_argument("--threshold", type=float, default=25.0,
                    help="calibrated |dchi2| of an LAE candidate in the printed count (U25: 25)")
     _add_runner_args(p)

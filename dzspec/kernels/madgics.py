@@ -83,6 +83,7 @@ class LAEWarn(enum.IntFlag):
     SKY_SINGULAR = 1 << 4  #: I + V_skyᵀ W V_sky is not positive definite (cannot happen in exact arithmetic)
     LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.kernels.lae_interlopers`)
     LOWZ_LINES = 1 << 6  #: companion lines of a low-z reading of the line ([O II], H-beta, [O III] 5007)
+    NO_LINE = 1 << 7  #: no line on the native pixels at the Lya wavelength (a continuum step or junction fitted)
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def _prior(path: str, name: str, sha256: str) -> LoadedPrior:
 def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
                     calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
-                    lowz_max: float) -> dict[str, np.ndarray]:
+                    lowz_max: float, line_snr_min: float) -> dict[str, np.ndarray]:
     loaded = _prior(prior_store, prior_name, prior_sha256)
     grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
                                        variance_model=loaded.attrs["variance_model"])
@@ -272,13 +272,13 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
     # EW and companion lines on the native pixels: uncorrelated, and not rescaled
     tests = interloper_tests(wavelength, np.asarray(flux, np.float64), np.asarray(ivar, np.float64), result.z,
                              line_flux)
-    warn = result.warn.astype(np.uint32) | tests.warn(ew_min, continuum_snr, lowz_max)
+    warn = result.warn.astype(np.uint32) | tests.warn(ew_min, continuum_snr, lowz_max, line_snr_min)
     return {"z": result.z, "z_unc": result.z_unc, "lae_dchi2": result.dchi2, "lae_abs_dchi2_cal": result.abs_dchi2_cal,
             "z_coarse": result.z_coarse, "lae_dchi2_coarse": result.dchi2_coarse, "z_alt": result.z_alt,
             "lae_dchi2_alt": result.dchi2_alt, "chi2_null": result.chi2_null,
             "lae_amplitude": result.lae_amplitude, "lae_line_flux": line_flux, "lae_continuum": tests.continuum,
             "lae_continuum_err": tests.continuum_err, "lae_ew_rest": tests.ew_rest, "lowz_score": tests.lowz_score,
-            "lowz_hypothesis": tests.hypothesis, "lae_warn": warn}
+            "lowz_hypothesis": tests.hypothesis, "lae_line_snr": tests.line_snr, "lae_warn": warn}
 
 
 def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
@@ -309,10 +309,13 @@ def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
                            f"({', '.join(LOWZ_HYPOTHESES)})"}),
         "lowz_hypothesis": OutputSpec("int8", fill=-1, attrs={
             "description": "index of that reading", "flag_meanings": " ".join(LOWZ_HYPOTHESES)}),
+        "lae_line_snr": OutputSpec("float32", attrs={
+            "description": "S/N of a 200 km/s Gaussian at the Lya wavelength on the native pixels"}),
         "lae_warn": OutputSpec("uint32", fill=0, attrs={
             **flag_attrs(LAEWarn), "interloper_cuts": f"LOW_EW: continuum > {params['continuum_snr']} sigma and "
                                                       f"EW_rest < {params['ew_min']} A; LOWZ_LINES: lowz_score > "
-                                                      f"{params['lowz_max']}"}),
+                                                      f"{params['lowz_max']}; NO_LINE: lae_line_snr < "
+                                                      f"{params['line_snr_min']}"}),
     }
 
 
@@ -322,9 +325,9 @@ LAE_SCAN = KernelSpec(
     func=_lae_scan_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="2",
+    version="3",
     defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
-              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0},
+              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0},
 )
 
 
@@ -333,7 +336,7 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
     """Scan every spectrum of a store's spectra group for a Lya emitter, into ``results/<grid>/madgics_lae``.
 
     ``params`` override :data:`LAE_SCAN`'s defaults (``z_min``, ``n_shifts``, ``fine_half_width``, ``calibration``
-    (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max`` of
+    (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max``, ``line_snr_min`` of
     :mod:`dzspec.kernels.lae_interlopers`); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
     :func:`~dzspec.kernels.lae_interlopers.select_lae` of ``lae_abs_dchi2_cal`` and ``lae_warn`` classifies.
     """

@@ -87,9 +87,12 @@ def test_simulated_lae_are_spared_and_oii_emitters_caught():
     wave = desi_wavelength()
     block, z_lya, line_flux = _simulated(("lae", "lae_double_peak"), 150)
     tests = interloper_tests(wave, block.flux.astype(float), block.ivar.astype(float), z_lya, line_flux)
-    flagged = tests.warn() != 0
-    assert flagged.mean() < 0.05
+    assert (tests.low_ew() | tests.lowz_lines()).mean() < 0.05
     assert np.nanmedian(tests.lowz_score) < 3  # companion chi-square at noise level (a few lines of one dof each)
+    # the line check spares clear lines (below S/N ~7, strong blue peaks of double-peaked LAEs inside the fit
+    # window can pull a 200 km/s Gaussian under 2)
+    detectable = block.truth["snr_lya"] > 7
+    assert detectable.sum() > 50 and tests.no_line()[detectable].mean() < 0.03
     block, z_lya, line_flux = _simulated(("oii_interloper",), 150)
     tests = interloper_tests(wave, block.flux.astype(float), block.ivar.astype(float), z_lya, line_flux)
     bright = block.truth["snr_lines"] > 10
@@ -117,3 +120,16 @@ def test_warn_bits_and_selection():
     score = np.full(warn.size, 100.0)
     np.testing.assert_array_equal(select_lae(score, warn), (warn & INTERLOPER_BITS) == 0)
     assert not select_lae(np.array([np.nan]), np.array([0])).any()
+
+
+def test_a_continuum_step_is_not_a_line():
+    """A bright continuum that jumps at the 'line' (a camera junction) has no Gaussian on the pixels."""
+    wave = np.arange(3600.0, 9800.0, 0.8)
+    rng = np.random.default_rng(8)
+    step = np.where(wave < 5893.0, 2.0, 2.6) + rng.normal(0, 0.05, (20, wave.size))
+    line = step + 15.0 * np.exp(-0.5 * ((wave - 5893.0) / 3.0) ** 2) / (3.0 * np.sqrt(2 * np.pi))
+    z = np.full(20, 5893.0 / 1215.67 - 1)
+    tests = interloper_tests(wave, np.vstack([step, line]), np.full((40, wave.size), 400.0), np.r_[z, z],
+                             np.full(40, 30.0))
+    assert tests.no_line()[:20].all() and not tests.no_line()[20:].any()
+    assert ((tests.warn()[:20] & LAEWarn.NO_LINE) != 0).all()
