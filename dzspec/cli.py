@@ -218,11 +218,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.thresholds:
         lo, hi, count = args.thresholds.split(":")
         thresholds = np.linspace(float(lo), float(hi), int(count))
+    rows = None
+    if args.rows:
+        start, _, stop = args.rows.partition(":")
+        rows = slice(int(start) if start else None, int(stop) if stop else None)
     with _client(args):
         tables = survey_report(args.store, args.results, by=args.by, split=args.split, score=args.score,
                                log10=args.log10, thresholds=thresholds, marked=args.marked, positive=args.positive,
                                false_classes=args.false_class, z=args.z, truth=args.truth, tol=args.tol,
-                               form=args.form, nbins=args.nbins, name=args.name, figures=args.figures)
+                               form=args.form, nbins=args.nbins, rows=rows, name=args.name, figures=args.figures)
     for key, table in tables.items():
         if key.startswith("gf_"):
             print(f"{key} ({table.attrs['form']} tol {table.attrs['tol']}):")
@@ -465,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", choices=("source", "correct"), default="source",
                    help="what the score should select: real sources (sim_class not --false-class) or correct z")
     p.add_argument("--false-class", nargs="*", default=["false_source"], help="sim_class values that are not sources")
+    p.add_argument("--rows", metavar="START:STOP", help="only these rows (e.g. a held-out test set: 5369:)")
     p.add_argument("--name", help="tables go to stats/<name>/ (default: the result group's name)")
     p.add_argument("--figures", help="write PNG figures to this folder")
     _add_cluster_args(p)

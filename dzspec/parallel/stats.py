@@ -54,6 +54,7 @@ __all__ = [
     "survey_report",
     "threshold_table",
     "write_table",
+    "zp_zt_table",
 ]
 
 
@@ -190,6 +191,17 @@ def class_histograms(values: xr.DataArray, classes: xr.DataArray, class_names: S
                              "flag_meanings": " ".join(class_names)})
 
 
+def zp_zt_table(z_pred: xr.DataArray, z_true: xr.DataArray, edges: Sequence[float] | np.ndarray) -> xr.Dataset:
+    """Counts of (z_true, z_pred) on a square grid of ``edges``: the zp-versus-zt figure as a density, which stays
+    the same size for any number of spectra."""
+    edges = np.asarray(edges, dtype=np.float64)
+    nbins = edges.size - 1
+    counts = _block_sum(lambda p, t: class_histogram_partial(p, bin_index(t, edges), nbins, edges), [z_pred, z_true],
+                        (nbins, nbins))
+    return xr.Dataset({"count": (("z_true_bin", "z_pred_bin"), counts.astype(np.int64)), "edges": ("edge", edges)},
+                      attrs={"statistic": "zp_zt"})
+
+
 def write_table(table: xr.Dataset, store: str | PathLike[str], name: str, *, overwrite: bool = True) -> str:
     """Store a table in ``store`` under ``stats/<name>`` (replacing it unless ``overwrite`` is False); the group
     path is returned."""
@@ -252,7 +264,8 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
                   score: str | None = None, log10: bool = False, thresholds: np.ndarray | None = None,
                   marked: float | None = None, positive: str = "source",
                   false_classes: Sequence[str] = ("false_source",), z: str = "z", truth: str = "z_true",
-                  tol: float = 0.005, form: str = "relative", nbins: int = 8, name: str | None = None,
+                  tol: float = 0.005, form: str = "relative", nbins: int = 8, zp_zt_max: float = 7.0,
+                  rows: slice | None = None, name: str | None = None,
                   figures: str | PathLike[str] | None = None, write: bool = True) -> dict[str, xr.Dataset]:
     """The survey statistics of one result group, as ``dzspec stats`` computes them.
 
@@ -271,6 +284,10 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
         A detection score (e.g. ``nmf_significance`` with ``log10`` for B26's true/false sources, or
         ``lae_abs_dchi2_cal``): the purity/completeness/ROC sweep over ``thresholds``, its values at ``marked``, and
         its histogram per ``sim_class`` when the store has one.
+    zp_zt_max
+        The zp-versus-zt density covers 0 to this redshift on both axes (280 x 280 cells).
+    rows
+        Only these rows of the store (e.g. a held-out test set).
     positive
         What the score should select: ``"source"`` (sim_class not in ``false_classes``, B26 §4.3) or
         ``"correct"`` (a redshift within the GF tolerance, U25 Fig. 5).
@@ -280,10 +297,12 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
 
     Returns
     -------
-    The tables by name (``gf_all``, ``gf_<column>``, ``threshold_<score>``, ``hist_<score>``; with ``split``, a
-    ``_<split><value>`` suffix per value).
+    The tables by name (``zp_zt``, ``gf_all``, ``gf_<column>``, ``threshold_<score>``, ``hist_<score>``; with
+    ``split``, a ``_<split><value>`` suffix per value).
     """
     columns = open_columns(store, results)
+    if rows is not None:
+        columns = columns.isel(spectrum=rows)
     where = f"{store}/{results}"
     z_pred, z_true = _column(columns, z, where), _column(columns, truth, where)
     bins = [parse_bins(text) for text in by]
@@ -305,6 +324,7 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
                 inside = (split_column >= lo) & (split_column < hi)
                 subsets[f"_{split_name}{lo:g}-{hi:g}"] = z_true.where(inside)
     tables: dict[str, xr.Dataset] = {}
+    tables["zp_zt"] = zp_zt_table(z_pred, z_true, np.linspace(0.0, float(zp_zt_max), 281))
     for suffix, subset in subsets.items():
         tables[f"gf_all{suffix}"] = good_fraction_table(z_pred, subset, tol=tol, form=form)
         for column, edges in bins:
@@ -337,8 +357,9 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
             tables[f"hist_{label}"] = class_histograms(values.rename(label), classes, class_names,
                                                        np.linspace(thresholds.min(), thresholds.max(), 61))
     name = name or results.rstrip("/").rsplit("/", 1)[-1]
+    row_text = "all" if rows is None else f"{rows.start or 0}:{'' if rows.stop is None else rows.stop}"
     for key, table in tables.items():
-        table.attrs.update(results=results, truth=truth, z=z)
+        table.attrs.update(results=results, truth=truth, z=z, rows=row_text)
         if write:
             write_table(table, store, f"{name}/{key}")
     if figures is not None:
@@ -348,7 +369,7 @@ def survey_report(store: str | PathLike[str], results: str, *, by: Sequence[str]
 
 def _figures(tables: Mapping[str, xr.Dataset], suffixes: Sequence[str], out: Path, marked: float | None) -> None:
     """One PNG per table kind; GF tables of every split value share a figure."""
-    from dzspec.viz.stats import plot_class_histograms, plot_good_fraction, plot_threshold
+    from dzspec.viz.stats import plot_class_histograms, plot_good_fraction, plot_threshold, plot_zp_zt_density
 
     out.mkdir(parents=True, exist_ok=True)
     for key, table in tables.items():
@@ -359,3 +380,5 @@ def _figures(tables: Mapping[str, xr.Dataset], suffixes: Sequence[str], out: Pat
             plot_threshold(table, out / f"{key}.png", xlabel=key.removeprefix("threshold_"))
         elif key.startswith("hist_"):
             plot_class_histograms(table, out / f"{key}.png", marked=marked)
+        elif key == "zp_zt":
+            plot_zp_zt_density(table, out / "zp_zt.png", title=str(table.attrs.get("results", "")))

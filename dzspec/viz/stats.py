@@ -10,7 +10,7 @@ import xarray as xr
 
 from dzspec.viz import pyplot
 
-__all__ = ["plot_class_histograms", "plot_good_fraction", "plot_threshold"]
+__all__ = ["plot_class_histograms", "plot_good_fraction", "plot_threshold", "plot_zp_zt_density"]
 
 
 def _bin_labels(table: xr.Dataset) -> list[str]:
@@ -84,4 +84,26 @@ def plot_threshold(table: xr.Dataset, path: str | PathLike[str], *, xlabel: str 
             title=f"AUC = {table.attrs['auc']:.3f}", aspect="equal")
     roc.legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_zp_zt_density(table: xr.Dataset, path: str | PathLike[str], *, tol: float = 0.005, title: str = "") -> None:
+    """Predicted against true redshift as a density (log counts), with the GF band and the [O II]/Lya confusion
+    loci (the scatter of :func:`dzspec.viz.nmf.plot_zp_zt` for surveys of any size)."""
+    from matplotlib.colors import LogNorm
+
+    plt = pyplot()
+    edges = table.edges.values
+    counts = table["count"].values.T.astype(float)  # rows: z_pred
+    fig, ax = plt.subplots(figsize=(5.8, 5.2), constrained_layout=True)
+    mesh = ax.pcolormesh(edges, edges, np.where(counts > 0, counts, np.nan), norm=LogNorm(vmin=1), cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="spectra per cell")
+    zt = np.linspace(edges[0], edges[-1], 200)
+    ax.plot(zt, zt + tol * (1 + zt), color="C3", lw=0.5)
+    ax.plot(zt, zt - tol * (1 + zt), color="C3", lw=0.5)
+    for ratio in (3728.5 / 1215.67, 1215.67 / 3728.5):
+        ax.plot(zt, (1 + zt) * ratio - 1, ":", color="0.5", lw=1)
+    ax.set(xlim=(edges[0], edges[-1]), ylim=(edges[0], edges[-1]), xlabel="z true", ylabel="z predicted",
+           title=f"{title} ({int(counts.sum())} spectra)" if title else f"{int(counts.sum())} spectra")
+    fig.savefig(path, dpi=130)
     plt.close(fig)

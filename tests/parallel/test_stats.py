@@ -9,7 +9,13 @@ import xarray as xr
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.metrics import good_fraction, mae_with_rejection, purity_completeness
-from dzspec.parallel.stats import class_histograms, good_fraction_table, survey_report, threshold_table
+from dzspec.parallel.stats import (
+    class_histograms,
+    good_fraction_table,
+    survey_report,
+    threshold_table,
+    zp_zt_table,
+)
 from dzspec.simulate import simulate
 
 GROUP = "desi-brz-3600-9824-0.8"
@@ -57,6 +63,10 @@ def test_lazy_tables_equal_the_in_memory_metrics(survey, client):
     names = spectra.sim_class.attrs["flag_meanings"].split()
     hist = class_histograms(columns.score, spectra.sim_class, names, np.linspace(-50, 100, 16))
     assert int(hist["count"].sum()) == int(((score >= -50) & (score <= 100)).sum())
+    edges = np.linspace(0, 4, 41)
+    density = zp_zt_table(columns.z, lazy_truth, edges)
+    expected, _, _ = np.histogram2d(z_true, z, bins=[edges, edges])
+    np.testing.assert_array_equal(density["count"].values, expected)
 
 
 def test_survey_report_writes_tables_and_figures(survey, client, tmp_path):
@@ -70,7 +80,7 @@ def test_survey_report_writes_tables_and_figures(survey, client, tmp_path):
     lae = spectra.sim_class.values == 0
     assert int(tables["gf_all_sim_class0"].n_good[0]) == good_fraction(z[lae], z_true[lae])[1]
     assert tables["gf_z_true"].sizes["bin"] == 8  # equal bins between the finite extremes
-    for name in ("gf_snr_lines", "threshold_score", "hist_score"):
+    for name in ("gf_snr_lines", "threshold_score", "hist_score", "zp_zt"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(StoreError, match="no per-spectrum column 'nonsense'"):
         survey_report(store, f"results/{GROUP}/fake", by=["nonsense"], write=False)
@@ -83,11 +93,14 @@ def test_cli_stats(survey, client, tmp_path, capsys):
 
     store = survey[0]
     code = main(["stats", str(store), "--results", f"results/{GROUP}/fake", "--by", "snr_lines:0,5,20,inf",
-                 "--score", "score", "--thresholds=0:60:31", "--marked", "25", "--positive", "correct", "--name",
-                 "cli", "--figures", str(tmp_path), "--workers", "1"])
+                 "--rows", "100:", "--score", "score", "--thresholds=0:60:31", "--marked", "25", "--positive",
+                 "correct", "--name", "cli", "--figures", str(tmp_path), "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "gf_snr_lines (relative tol 0.005)" in out and "threshold_score: AUC" in out
     assert "purity" in out and (tmp_path / "gf_snr_lines.png").exists()
+    stored = xr.open_zarr(store, group="stats/cli/gf_all", consolidated=False)
+    z, z_true = survey[1][100:], survey[2][100:]
+    assert stored.attrs["rows"] == "100:" and int(stored.n_good[0]) == good_fraction(z, z_true)[1]
     assert xr.open_zarr(store, group="stats/cli/threshold_score", consolidated=False).attrs["marked"] == 25.0
     bad = ["stats", str(store), "--results", f"results/{GROUP}/fake", "--by", "snr_lines:1,0", "--workers", "1"]
     assert main(bad) == 2
