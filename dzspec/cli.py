@@ -170,6 +170,20 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_blends(args: argparse.Namespace) -> int:
+    from dzspec.io import store as zstore
+    from dzspec.parallel.blends import run_blends
+
+    with _client(args) as client:
+        report = run_blends(args.store, args.basis, client, basis_name=args.name, zfind_results=args.zfind_results,
+                            params={"t_blend": args.t_blend, "tolerance": args.tolerance}, **_runner_kwargs(args))
+    print(report.summary())
+    if report.complete:
+        flags = zstore.open_results(args.store, report.results).blend_flag.values
+        print(f"blend candidates (score > {args.t_blend:g}): {int(flags.sum())} of {flags.size}")
+    return 0 if report.complete else 1
+
+
 def _cmd_priors(args: argparse.Namespace) -> int:
     import json
 
@@ -401,6 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
+
+    p = sub.add_parser("blends", help="NMF blend detection after zfind: rescan with the first galaxy's fit fixed "
+                                      "(B26 4.4)")
+    p.add_argument("store")
+    p.add_argument("--basis", required=True, help="store holding the basis zfind used (bases/<name>)")
+    p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--zfind-results", help="the first scan (default: results/<grid>/nmf_zfind)")
+    p.add_argument("--t-blend", type=float, default=0.011, help="flag a blend above this score (B26: 0.011)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="drop second minima within this of a line confusion with z1 (default 0.01)")
+    _add_runner_args(p)
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_blends)
 
     p = sub.add_parser("priors", help="MADGICS sky-residual and LAE priors from spectra stores (U25 2.2-2.3)")
     p.add_argument("--sky", required=True, help="store of sky-residual spectra (e.g. sky fibres)")

@@ -28,6 +28,8 @@ __all__ = [
     "histogram_quantile",
     "kept_error_partial",
     "nearest_to_corner",
+    "rank_auc",
+    "roc_curve",
     "threshold_from_partials",
     "threshold_partial",
 ]
@@ -168,20 +170,55 @@ def threshold_from_partials(counts: np.ndarray) -> dict[str, np.ndarray]:
                 "fpr": np.where(neg > 0, sel_neg / neg, np.nan)}
 
 
-def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Area under the ROC curve through the sweep's points, closed at (0, 0) and (1, 1) (trapezoids; METHODS §3.7).
+def auc(fpr: np.ndarray, tpr: np.ndarray, *, closed: bool = True) -> float:
+    """Area under the ROC curve through the sweep's points (trapezoids; METHODS §3.7), closed at (0, 0) and (1, 1)
+    unless ``closed`` is False (the sweep's own span only).
 
     Examples
     --------
-    >>> auc(np.array([0.0, 0.5]), np.array([0.5, 1.0]))
-    0.875
+    >>> auc(np.array([0.0, 0.5]), np.array([0.5, 1.0])), auc(np.array([0.0, 0.5]), np.array([0.5, 1.0]), closed=False)
+    (0.875, 0.375)
     """
     fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
     finite = np.isfinite(fpr) & np.isfinite(tpr)
-    x = np.concatenate([[0.0], fpr[finite], [1.0]])
-    y = np.concatenate([[0.0], tpr[finite], [1.0]])
+    ends = ([0.0], [1.0]) if closed else ([], [])
+    x = np.concatenate([ends[0], fpr[finite], ends[1]])
+    y = np.concatenate([ends[0], tpr[finite], ends[1]])
     order = np.lexsort((y, x))
     return float(np.trapezoid(y[order], x[order]))
+
+
+def rank_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the full ROC of a score, exactly: the Mann-Whitney probability that a positive outscores a
+    negative (ties count one half; NaN scores rank lowest). Needs the scores in memory, unlike the sweeps.
+
+    Examples
+    --------
+    >>> rank_auc(np.array([0.9, 0.4, 0.4, 0.1]), np.array([True, True, False, False]))
+    0.875
+    """
+    from scipy.stats import rankdata
+
+    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    positive = np.asarray(positive, dtype=bool)
+    npos, nneg = int(positive.sum()), int((~positive).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    return float((rankdata(score)[positive].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
+
+
+def roc_curve(score: np.ndarray, positive: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TPR and FPR of ``score > t`` for each threshold, from one block's :func:`threshold_partial`.
+
+    Examples
+    --------
+    >>> tpr, fpr = roc_curve(np.array([0.02, 0.004, 0.03, 0.001]), np.array([True, True, False, False]),
+    ...                      np.array([0.003, 0.01, 0.05]))
+    >>> tpr.tolist(), fpr.tolist()
+    ([1.0, 0.5, 0.0], [0.5, 0.5, 0.0])
+    """
+    table = threshold_from_partials(threshold_partial(score, positive, thresholds))
+    return table["completeness"], table["fpr"]
 
 
 def nearest_to_corner(fpr: np.ndarray, tpr: np.ndarray) -> int:

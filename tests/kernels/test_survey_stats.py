@@ -18,6 +18,8 @@ from dzspec.kernels.survey_stats import (
     histogram_quantile,
     kept_error_partial,
     nearest_to_corner,
+    rank_auc,
+    roc_curve,
     threshold_from_partials,
     threshold_partial,
 )
@@ -93,3 +95,29 @@ def test_bins_and_class_histograms():
     counts = class_histogram_partial(np.array([0.5, 1.5, 1.5, 9.0, 0.5]), np.array([0, 1, 1, 0, 3]), 2,
                                      np.array([0.0, 1.0, 2.0]))
     np.testing.assert_array_equal(counts, [[1, 0], [0, 2]])
+
+
+def test_roc_on_known_inputs():
+    score = np.array([0.02, 0.012, 0.004, np.nan, 0.03, 0.008, 0.001, 0.0])
+    positive = np.array([True, True, True, True, False, False, False, False])
+    tpr, fpr = roc_curve(score, positive, np.array([0.003, 0.01, 0.025]))
+    np.testing.assert_allclose(tpr, [0.75, 0.5, 0.0])
+    np.testing.assert_allclose(fpr, [0.5, 0.25, 0.25])
+    # Mann-Whitney by hand: pairs (pos, neg) with pos > neg: 0.02 beats 3, 0.012 beats 3, 0.004 beats 2, NaN none
+    assert rank_auc(score, positive) == pytest.approx(8 / 16)
+    # distances to (0, 1): 0.559, 0.559, 1.031; the first of a tie wins
+    assert nearest_to_corner(fpr, tpr) == 0
+    assert rank_auc(np.array([3.0, 2.0, 1.0]), np.array([True, True, False])) == 1.0
+    assert rank_auc(np.array([1.0, 2.0, 3.0]), np.array([True, True, False])) == 0.0
+    assert np.isnan(rank_auc(np.array([1.0, 2.0]), np.array([True, True])))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 60))
+def test_rank_auc_equals_the_closed_trapezoid_over_every_threshold(seed, n):
+    rng = np.random.default_rng(seed)
+    score = np.round(rng.random(n), 1)  # ties on purpose
+    positive = rng.random(n) < 0.4
+    positive[:2] = [True, False]
+    tpr, fpr = roc_curve(score, positive, np.r_[-np.inf, np.unique(score)])
+    assert rank_auc(score, positive) == pytest.approx(auc(fpr, tpr), abs=1e-12)
