@@ -22,7 +22,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from dzspec.kernels.exposure_convergence import (
 from dzspec.kernels.madgics import scan_lae
 from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.parallel.bounded import map_bounded
+from dzspec.parallel.lae import cached_prior
 from dzspec.schema import flag_attrs
 
 __all__ = [
@@ -86,15 +87,6 @@ class ConvergenceReport:
 def exposure_groups(store: str | PathLike[str]) -> list[str]:
     """Spectra groups of a store that hold individual exposures (``spectra/<grid>-exposures-<run>``)."""
     return [g for g in zstore.spectra_groups(zstore.open_root(store)) if "-exposures-" in g]
-
-
-@lru_cache(maxsize=2)
-def _prior(path: str, name: str, sha256: str) -> LoadedPrior:
-    # once per worker process: the prior never travels inside task arguments
-    loaded = load_lae_prior(path, name)
-    if loaded.attrs["prior_sha256"] != sha256:
-        raise ValueError(f"{path}/priors/{name} changed since the run started (checksum differs)")
-    return loaded
 
 
 def _scanner(loaded: LoadedPrior, wavelength: np.ndarray, shifts: np.ndarray, fine_half_width: float) -> Any:
@@ -150,7 +142,7 @@ def _convergence_block(store: str, out: str, exposures: str, block: int, start: 
         flux, ivar = source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :]
         exptime = source["exptime"].oindex[rows].astype(np.float64)
         wavelength = source["wavelength"][:]
-        loaded = _prior(prior_store, prior_name, prior_sha256)
+        loaded = cached_prior(prior_store, prior_name, prior_sha256)
         scan = _scanner(loaded, wavelength, loaded.prior.coarse_shifts(z_min, n_shifts), fine_half_width)
         for t in todo:
             mine = np.searchsorted(rows, exposure_rows[t])

@@ -250,7 +250,9 @@ def _rows_sha256(rows: np.ndarray) -> str:
 
 
 @lru_cache(maxsize=2)
-def _prior(path: str, name: str, sha256: str) -> LoadedPrior:
+def cached_prior(path: str, name: str, sha256: str) -> LoadedPrior:
+    """The prior ``path``/priors/``name``, loaded once per worker process (it never travels inside task arguments),
+    refused if its checksum is no longer ``sha256``."""
     loaded = load_lae_prior(path, name)
     if loaded.attrs["prior_sha256"] != sha256:
         raise ValueError(f"{path}/priors/{name} changed since the run started (checksum differs)")
@@ -261,7 +263,7 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
                     calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
                     lowz_max: float, line_snr_min: float) -> dict[str, np.ndarray]:
-    loaded = _prior(prior_store, prior_name, prior_sha256)
+    loaded = cached_prior(prior_store, prior_name, prior_sha256)
     grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
                                        variance_model=loaded.attrs["variance_model"])
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
