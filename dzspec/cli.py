@@ -170,6 +170,18 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dzspec.cluster import client_from_config
+    from dzspec.parallel.pipeline import load_config, run_pipeline
+
+    config = load_config(args.config)  # a bad config is reported before any cluster starts
+    with client_from_config(config.cluster) as client:
+        print(f"dask dashboard: {client.dashboard_link}")
+        run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                     report=args.report)
+    return 0
+
+
 def _cmd_blends(args: argparse.Namespace) -> int:
     from dzspec.io import store as zstore
     from dzspec.parallel.blends import run_blends
@@ -416,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
 
+    p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (ingest, simulate, zfind, lae, "
+                                   "stats) in one TOML file")
+    p.add_argument("config", help="the TOML config (see dzspec.parallel.pipeline and deploy/)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done in every step")
+    mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
+    p.add_argument("--report", help="Dask performance report (default: <store>.report.html beside the store)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("blends", help="NMF blend detection after zfind: rescan with the first galaxy's fit fixed "
                                       "(B26 4.4)")
     p.add_argument("store")
@@ -557,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (InputError, StoreError, ValueError) as exc:
+    except (InputError, StoreError, ValueError, ImportError) as exc:
         print(f"dzspec {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,7 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 
-__all__ = ["make_client"]
+__all__ = ["JOBQUEUE_CLASSES", "client_from_config", "jobqueue_cluster", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -112,4 +112,42 @@ def make_client(
     if processes or address:
         client.register_plugin(OneBlasThread())
     log.info("dask client ready: %s", client.dashboard_link)
+    return client
+
+
+#: dask-jobqueue cluster class of each batch system.
+JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+def jobqueue_cluster(kind: str, jobqueue: dict[str, Any] | None = None) -> Any:
+    """A dask-jobqueue cluster for ``kind`` (``"slurm"`` or ``"pbs"``) with the config's ``[cluster.jobqueue]``
+    options; every job script exports one BLAS/OpenMP thread before its workers start. Nothing is submitted until
+    the cluster is scaled, so ``jobqueue_cluster(...).job_script()`` shows the script a run would submit."""
+    if kind not in JOBQUEUE_CLASSES:
+        raise ValueError(f"no batch system {kind!r}; dzspec knows {', '.join(JOBQUEUE_CLASSES)}")
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ImportError(f"cluster.kind = {kind!r} needs dask-jobqueue: pip install 'dzspec[hpc]'") from None
+    options = dict(jobqueue or {})
+    prologue = [f"export {name}={value}" for name, value in _ONE_THREAD_ENV.items()]
+    options["job_script_prologue"] = prologue + list(options.get("job_script_prologue", []))
+    return getattr(dask_jobqueue, JOBQUEUE_CLASSES[kind])(**options)
+
+
+def client_from_config(cluster: dict[str, Any] | None = None) -> Client:
+    """The client a pipeline config's ``[cluster]`` section asks for (see :mod:`dzspec.pipeline`): ``kind`` local
+    (``workers``, ``threads_per_worker``), address (``address``: a scheduler or its JSON file), or slurm / pbs
+    (``[cluster.jobqueue]`` options, ``workers`` = jobs to start). Switching targets changes only the config."""
+    cluster = dict(cluster or {})
+    kind = cluster.get("kind", "local")
+    if kind == "local":
+        return make_client(n_workers=cluster.get("workers"), threads_per_worker=cluster.get("threads_per_worker", 1))
+    if kind == "address":
+        return make_client(cluster["address"])
+    batch = jobqueue_cluster(kind, cluster.get("jobqueue"))
+    batch.scale(jobs=cluster.get("workers", 1))
+    client = Client(batch)
+    client.register_plugin(OneBlasThread())
+    log.info("dask client ready: %s (%s jobs requested)", client.dashboard_link, cluster.get("workers", 1))
     return client

@@ -1,0 +1,117 @@
+"""deploy/: every example config is valid, the job scripts dask-jobqueue would submit match their snapshots, bad
+configs are refused naming the key, and `dzspec run` runs a config end to end on a LocalCluster and resumes."""
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from dzspec.cluster import jobqueue_cluster
+from dzspec.io import store as zstore
+from dzspec.kernels.restframe import LogGrid
+from dzspec.parallel.lae import build_lae_prior, prior_rows
+from dzspec.parallel.pipeline import ConfigError, load_config
+from dzspec.simulate import simulate
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
+GROUP = "desi-brz-3600-9824-0.8"
+
+
+@pytest.mark.parametrize("target", ["local", "slurm", "pbs"])
+def test_deploy_configs_are_valid(target):
+    config = load_config(DEPLOY / target / "pipeline.toml")
+    assert config.cluster["kind"] == target and config.steps
+    assert (DEPLOY / target / "README.md").exists()
+
+
+@pytest.mark.parametrize("target", ["slurm", "pbs"])
+def test_job_scripts_match_their_snapshots(target):
+    """The script a run would submit (nothing is submitted). The snapshot has this interpreter and the scheduler
+    address replaced; the config's network interface is left out because this machine has no ib0."""
+    pytest.importorskip("dask_jobqueue")
+    options = {k: v for k, v in load_config(DEPLOY / target / "pipeline.toml").cluster["jobqueue"].items()
+               if k != "interface"}
+    cluster = jobqueue_cluster(target, options)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    script = re.sub(r"tcp://[^ ]+", "SCHEDULER", script.replace(sys.executable, "PYTHON"))
+    assert "export OMP_NUM_THREADS=1" in script
+    snapshot = SNAPSHOTS / f"{target}_job.sh"
+    if os.environ.get("DZSPEC_UPDATE_SNAPSHOTS"):
+        snapshot.write_text(script)
+    assert script == snapshot.read_text(), "job script changed; rerun with DZSPEC_UPDATE_SNAPSHOTS=1 if intended"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('store = "s"\nsteps = []\nworkers = 2\n', "unknown key 'workers'; the top level takes"),
+    ('store = "s"\n[cluster]\nkind = "k8s"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "'cluster.kind' must be one of"),
+    ('store = "s"\n[cluster]\nkind = "address"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "needs 'cluster.address'"),
+    ('store = "s"\n[[steps]]\nkind = "lae"\n', "steps[0] (lae): missing key 'prior'"),
+    ('store = "s"\n[[steps]]\nkind = "zfind"\nbasis = 3\n', "'basis' must be a string, not int 3"),
+    ('store = "s"\n[[steps]]\nkind = "train"\n', "unknown kind 'train'"),
+    ('[[steps]]\nkind = "lae"\nprior = "p"\n', "missing key 'store'"),
+    ('store = "s"\n[cluster]\nworkers = "many"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
+     "'cluster.workers' must be an integer"),
+    ('store = "s"\n[[steps]\n', "not valid TOML"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_dzspec_run_end_to_end_and_resume(tmp_path, client, capsys):
+    from dzspec.cli import main
+
+    grid = LogGrid(math.log10(3600.0), 2e-4, 2180)  # 4x U25's step keeps the prior small
+    prior_store = tmp_path / "prior.zarr"
+    simulate(prior_store, "desi", 240, client, seed=41, chunk_rows=120, progress=False)
+    build_lae_prior(client, (prior_store, GROUP, prior_rows(prior_store, GROUP, ["sky_residual"])),
+                    (prior_store, GROUP, prior_rows(prior_store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")),
+                    out=prior_store, n_sky=10, grid=grid, block_rows=60)
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+store = "survey.zarr"
+group = "{GROUP}"
+[cluster]
+kind = "local"
+workers = 1
+[[steps]]
+kind = "simulate"
+survey = "desi"
+n = 160
+seed = 42
+[[steps]]
+kind = "lae"
+prior = "prior.zarr"
+params = {{ n_shifts = 1130 }}
+[[steps]]
+kind = "stats"
+results = "results/{GROUP}/madgics_lae"
+score = "lae_abs_dchi2_cal"
+positive = "correct"
+form = "absolute"
+marked = 25
+""")
+    assert main(["run", str(config), "--overwrite", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "step 3/3: stats" in out and "dask dashboard:" in out
+    results = zstore.open_results(tmp_path / "survey.zarr", f"results/{GROUP}/madgics_lae")
+    assert results.sizes["spectrum"] == 160
+    assert (tmp_path / "survey.zarr.report.html").stat().st_size > 10_000
+    table = xr.open_zarr(tmp_path / "survey.zarr", group="stats/madgics_lae/threshold_lae_abs_dchi2_cal",
+                         consolidated=False)
+    assert table.attrs["marked"] == 25
+    assert main(["run", str(config), "--resume", "--no-progress"]) == 0
+    assert "1 blocks, 1 already done, 0 computed" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
