@@ -197,6 +197,14 @@ def run_kernel(
         raise ValueError(f"block_rows {block_rows} must be a multiple of the store's chunk of {chunk_rows} rows")
     plan = zstore.BlockPlan(nspectrum, block_rows)
     results = results or f"results/{spectra.removeprefix('spectra/')}/{kernel.name}"
+    with zstore.run_lock(store, results):  # a second run on the same output refuses instead of interleaving
+        return _run_blocks(client, root, store, spectra, results, kernel, params, plan, resume, overwrite,
+                           block_rows, max_in_flight, retries, progress, t0)
+
+
+def _run_blocks(client: Client, root: Any, store: str, spectra: str, results: str, kernel: KernelSpec,
+                params: dict[str, Any], plan: zstore.BlockPlan, resume: bool, overwrite: bool, block_rows: int,
+                max_in_flight: int | None, retries: int, progress: bool, t0: float) -> RunReport:
     _prepare_results(root, store, spectra, results, kernel, params, plan, resume, overwrite)
     target = root[results]
     done = zstore.done_blocks(target)

@@ -1,5 +1,7 @@
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -145,3 +147,40 @@ def test_sigkill_of_the_client_then_resume_is_bit_identical(tmp_path):
     got = zstore.open_results(store, "results/killed").compute()
     for name in ref.data_vars:
         assert ref[name].values.tobytes() == got[name].values.tobytes(), name
+
+
+def test_a_run_lock_held_by_a_live_or_remote_run_refuses_and_a_stale_one_is_taken_over(store, client):
+    lock = Path(store) / "results/u/summary.lock"
+    lock.parent.mkdir(parents=True)
+    for holder in ({"host": socket.gethostname(), "pid": os.getpid()}, {"host": "elsewhere", "pid": 1}):
+        lock.write_text(json.dumps(holder))
+        with pytest.raises(StoreError, match="being written by another run"):
+            run_kernel(store, SUMMARY, client, results="results/u/summary", progress=False)
+        assert lock.exists() and "results/u/summary" not in zstore.open_root(store)  # nothing written
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))  # a killed run's lock
+    assert run_kernel(store, SUMMARY, client, results="results/u/summary", progress=False).complete
+    assert not lock.exists()
+
+
+def test_two_runs_on_the_same_output_at_once_the_second_refuses(tmp_path, client):
+    store = write_synthetic_store(tmp_path / "c.zarr", nspectrum=320, nwave=200, chunk_rows=8, seed=6)
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    first = subprocess.Popen([sys.executable, str(script), str(store), "results/busy", "fresh"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        root = zstore.open_root(store)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (Path(store) / "results/busy.lock").exists():
+            time.sleep(0.05)
+        with pytest.raises(StoreError, match="being written by another run"):
+            run_kernel(store, SUMMARY, client, results="results/busy", resume=True, progress=False)
+        out, _ = first.communicate(timeout=240)
+        assert "COMPUTED 40 ALREADY 0" in out  # the first run was not disturbed
+        assert zstore.done_blocks(root["results/busy"]).all()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
