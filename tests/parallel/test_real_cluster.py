@@ -1,0 +1,137 @@
+"""A real scheduler and real worker processes started as `dask scheduler` / `dask worker` subprocesses: the pipeline
+runs by address, and a worker SIGKILLed mid-run does not change the results."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dzspec.cluster import make_client
+from dzspec.io import store as zstore
+from dzspec.kernels.base import KernelSpec
+from dzspec.kernels.restframe import LogGrid
+from dzspec.kernels.summary import SUMMARY, spectrum_summary
+from dzspec.parallel.lae import build_lae_prior, prior_rows
+from dzspec.parallel.runner import run_kernel
+from dzspec.simulate import simulate
+from dzspec.testing import write_synthetic_store
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP = "desi-brz-3600-9824-0.8"
+
+
+def slow_summary(wavelength, flux, ivar, snr_window=None):
+    """The summary kernel, slowed so that a worker can be killed while blocks are still running."""
+    time.sleep(0.3)
+    return spectrum_summary(wavelength, flux, ivar, snr_window=snr_window)
+
+
+SLOW = KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)
+
+
+def _start(args, env, log):
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    """`dask scheduler` and two single-threaded `dask worker` processes without nannies (a killed worker stays
+    dead), one BLAS thread each, sharing a scheduler file."""
+    folder = tmp_path_factory.mktemp("real-cluster")
+    scheduler_file = folder / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    log = (folder / "cluster.log").open("w")
+    processes = [_start(["distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
+                         "--dashboard-address", ":0"], env, log)]
+    deadline = time.time() + 60
+    while not scheduler_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    for name in ("w1", "w2"):
+        processes.append(_start(["distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                                 "--nthreads", "1", "--no-nanny", "--name", name], env, log))
+    client = make_client(str(scheduler_file))
+    client.wait_for_workers(2, timeout=60)
+    yield folder, scheduler_file, client, processes
+    client.close()
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    log.close()
+
+
+def test_pipeline_runs_by_address(real_cluster, capsys):
+    from dzspec.cli import main
+
+    folder, scheduler_file, client, _ = real_cluster
+    prior_store = folder / "prior.zarr"
+    simulate(prior_store, "desi", 240, client, seed=51, chunk_rows=120, progress=False)
+    build_lae_prior(client, (prior_store, GROUP, prior_rows(prior_store, GROUP, ["sky_residual"])),
+                    (prior_store, GROUP, prior_rows(prior_store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")),
+                    out=prior_store, n_sky=10, grid=LogGrid(math.log10(3600.0), 2e-4, 2180), block_rows=60)
+    config = folder / "run.toml"
+    config.write_text(f"""
+store = "survey.zarr"
+group = "{GROUP}"
+[cluster]
+kind = "address"
+address = "{scheduler_file}"
+[[steps]]
+kind = "simulate"
+survey = "desi"
+n = 120
+seed = 52
+[[steps]]
+kind = "lae"
+prior = "prior.zarr"
+params = {{ n_shifts = 1130 }}
+""")
+    assert main(["run", str(config), "--overwrite", "--no-progress"]) == 0
+    assert "step 2/2: lae" in capsys.readouterr().out
+    results = zstore.open_results(folder / "survey.zarr", f"results/{GROUP}/madgics_lae")
+    assert results.sizes["spectrum"] == 120 and np.isfinite(results.z.values).sum() > 100
+    workers = client.scheduler_info()["workers"].values()
+    assert {w["name"] for w in workers} == {"w1", "w2"}  # the run used the cluster it was pointed at
+
+
+def test_a_worker_killed_mid_run_leaves_the_results_identical(real_cluster, tmp_path):
+    _, _, client, processes = real_cluster
+    store = write_synthetic_store(tmp_path / "s.zarr", nspectrum=160, nwave=120, chunk_rows=8, seed=9)
+    reference = run_kernel(store, SUMMARY, client, results="results/reference", progress=False)
+    assert reference.complete
+    killed = False
+    root = zstore.open_root(store)
+
+    def kill_when_running():
+        nonlocal killed
+        while not killed:
+            try:
+                done = int(zstore.done_blocks(root["results/killed"]).sum())
+            except KeyError:
+                done = 0
+            if done >= 2:
+                os.killpg(processes[2].pid, signal.SIGKILL)  # worker w2, mid-run
+                killed = True
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_running, daemon=True)
+    watcher.start()
+    report = run_kernel(store, SLOW, client, results="results/killed", progress=False, max_in_flight=2)
+    watcher.join(timeout=5)
+    assert killed and processes[2].wait(timeout=30) == -signal.SIGKILL
+    assert report.complete and report.computed == 20, report.failed
+    assert len(client.scheduler_info()["workers"]) == 1  # the run finished on the surviving worker
+    ref = zstore.open_results(store, "results/reference").compute()
+    got = zstore.open_results(store, "results/killed").compute()
+    for name in ref.data_vars:
+        assert ref[name].values.tobytes() == got[name].values.tobytes(), name
