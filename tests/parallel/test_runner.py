@@ -184,3 +184,29 @@ def test_two_runs_on_the_same_output_at_once_the_second_refuses(tmp_path, client
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+
+
+def test_a_corrupted_input_chunk_fails_its_block_by_name_and_the_others_complete(store, client):
+    group = zstore.resolve_spectra_group(zstore.open_root(store), None)
+    (Path(store) / group / "flux" / "c" / "2" / "0").write_bytes(b"not a blosc frame" * 4)  # rows 16:24
+    report = run_kernel(store, SUMMARY, client, progress=False, block_rows=8)
+    assert not report.complete and list(report.failed) == [2]
+    assert "block 2 (rows 16:24)" in report.failed[2] and "decompression" in report.failed[2]
+    target = zstore.open_root(store)[report.results]
+    done = zstore.done_blocks(target)
+    assert not done[2] and done[np.arange(done.size) != 2].all() and target.attrs["status"] == "incomplete"
+
+
+def test_results_are_identical_across_block_sizes_and_worker_counts(store, client):
+    from dzspec.cluster import make_client
+
+    run_kernel(store, SUMMARY, client, results="results/b8", progress=False, block_rows=8)
+    run_kernel(store, SUMMARY, client, results="results/b32", progress=False, block_rows=32)
+    with make_client(n_workers=1, processes=False, dashboard_address=None) as single:
+        run_kernel(store, SUMMARY, single, results="results/one", progress=False, block_rows=16)
+    reference = zstore.open_results(store, "results/b8").compute()
+    for other in ("results/b32", "results/one"):
+        got = zstore.open_results(store, other).compute()
+        for name in reference.data_vars:
+            if name != "block_done":  # one flag per block: its length follows the block size
+                assert reference[name].values.tobytes() == got[name].values.tobytes(), (other, name)
