@@ -136,15 +136,24 @@ def jobqueue_cluster(kind: str, jobqueue: dict[str, Any] | None = None) -> Any:
 
 
 def client_from_config(cluster: dict[str, Any] | None = None) -> Client:
-    """The client a pipeline config's ``[cluster]`` section asks for (see :mod:`dzspec.pipeline`): ``kind`` local
-    (``workers``, ``threads_per_worker``), address (``address``: a scheduler or its JSON file), or slurm / pbs
-    (``[cluster.jobqueue]`` options, ``workers`` = jobs to start). Switching targets changes only the config."""
+    """The client a pipeline config's ``[cluster]`` section asks for (see :mod:`dzspec.parallel.pipeline`):
+    ``kind`` local (``workers``, ``threads_per_worker``), address (``address``: a scheduler or its JSON file), env
+    (``DASK_SCHEDULER_ADDRESS``, as the Dask operator sets it), or slurm / pbs (``[cluster.jobqueue]`` options,
+    ``workers`` = jobs to start); ``mpi`` is started by ``python -m dzspec.parallel.mpi``. Switching targets
+    changes only the config."""
     cluster = dict(cluster or {})
     kind = cluster.get("kind", "local")
     if kind == "local":
         return make_client(n_workers=cluster.get("workers"), threads_per_worker=cluster.get("threads_per_worker", 1))
     if kind == "address":
         return make_client(cluster["address"])
+    if kind == "env":  # a scheduler someone else started: the Dask operator's DaskJob, a Gateway cluster
+        address = os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
+        if not address:
+            raise ValueError("cluster.kind = 'env' needs DASK_SCHEDULER_ADDRESS (or dask's scheduler-address)")
+        return make_client(address)
+    if kind == "mpi":
+        raise ValueError("cluster.kind = 'mpi' runs under srun/mpirun: python -m dzspec.parallel.mpi CONFIG")
     batch = jobqueue_cluster(kind, cluster.get("jobqueue"))
     batch.scale(jobs=cluster.get("workers", 1))
     client = Client(batch)

@@ -1,10 +1,12 @@
 """deploy/: every example config is valid, the job scripts dask-jobqueue would submit match their snapshots, bad
 configs are refused naming the key, and `dzspec run` runs a config end to end on a LocalCluster and resumes."""
 
+import importlib.util
 import math
 import os
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,64 @@ SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
 GROUP = "desi-brz-3600-9824-0.8"
 
 
-@pytest.mark.parametrize("target", ["local", "slurm", "pbs"])
-def test_deploy_configs_are_valid(target):
+@pytest.mark.parametrize(("target", "kind"), [("local", "local"), ("slurm", "slurm"), ("pbs", "pbs"),
+                                             ("kubernetes", "env"), ("mpi", "mpi")])
+def test_deploy_configs_are_valid(target, kind):
     config = load_config(DEPLOY / target / "pipeline.toml")
-    assert config.cluster["kind"] == target and config.steps
+    assert config.cluster["kind"] == kind and config.steps
     assert (DEPLOY / target / "README.md").exists()
+
+
+def test_kubernetes_daskjob_runs_the_pipeline_on_the_operator_cluster():
+    yaml = pytest.importorskip("yaml")
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "daskjob.yaml").read_text())
+    assert job["apiVersion"] == "kubernetes.dask.org/v1" and job["kind"] == "DaskJob"
+    (container,) = job["spec"]["job"]["spec"]["containers"]
+    assert container["args"][:3] == ["dzspec", "run", "/config/pipeline.toml"] and "--resume" in container["args"]
+    (worker,) = job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"]
+    assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"  # one BLAS thread per worker thread
+    tag = re.search(r"-t (\S+) ", (DEPLOY / "container" / "Dockerfile").read_text()).group(1)
+    images = {container["image"], worker["image"],
+              job["spec"]["cluster"]["spec"]["scheduler"]["spec"]["containers"][0]["image"]}
+    assert images == {tag}  # every role from the image deploy/container builds
+
+
+def test_container_pins_every_dependency_within_its_range():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (DEPLOY / "container" / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"] + ["dask-jobqueue>=0.9"]:
+        requirement = Requirement(text)
+        assert requirement.name.lower() in pins, f"{requirement.name} is not pinned in the image"
+        assert requirement.specifier.contains(pins[requirement.name.lower()]), text
+
+
+def test_env_cluster_kind_connects_to_the_scheduler_in_the_environment(client, monkeypatch):
+    from dzspec.cluster import client_from_config
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", client.scheduler.address)
+    with client_from_config({"kind": "env"}) as other:
+        assert other.scheduler_info()["id"] == client.scheduler_info()["id"]
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    with pytest.raises(ValueError, match="DASK_SCHEDULER_ADDRESS"):
+        client_from_config({"kind": "env"})
+    with pytest.raises(ValueError, match=re.escape("python -m dzspec.parallel.mpi")):
+        client_from_config({"kind": "mpi"})
+
+
+def test_mpi_batch_mode_checks_its_config_before_starting(tmp_path):
+    from dzspec.parallel.mpi import main
+
+    with pytest.raises(ConfigError, match="must be 'mpi'"):
+        main([str(DEPLOY / "local" / "pipeline.toml")])
+    if importlib.util.find_spec("dask_mpi") is None:
+        with pytest.raises(ImportError, match="dask-mpi and mpi4py"):
+            main([str(DEPLOY / "mpi" / "pipeline.toml")])
 
 
 @pytest.mark.parametrize("target", ["slurm", "pbs"])

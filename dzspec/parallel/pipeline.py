@@ -6,9 +6,11 @@ A config (every key is checked; an unknown or mistyped one is an error that name
     group = "muse-air2vac-4750-1.25-3681"   # optional: its spectra group when it holds several
 
     [cluster]                         # optional; default a LocalCluster with one worker per core
-    kind = "local"                    # local | address | slurm | pbs
+    kind = "local"                    # local | address | env | slurm | pbs | mpi
     workers = 2                       # local: worker processes; slurm/pbs: jobs
     # address = "tcp://host:8786"     # kind = "address" (or a scheduler JSON file)
+    #                                 # kind = "env": DASK_SCHEDULER_ADDRESS (Dask operator DaskJob, Gateway)
+    #                                 # kind = "mpi": python -m dzspec.parallel.mpi CONFIG under srun/mpirun
     # [cluster.jobqueue]              # kind = "slurm" / "pbs": keyword arguments of dask-jobqueue's cluster
     # cores = 32, memory = "128GB", processes = 32, walltime = "04:00:00", queue = "regular", account = "m1234"
 
@@ -57,7 +59,7 @@ STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
               "log10": (bool, False), "marked": ((int, float), False), "positive": (str, False),
               "form": (str, False), "name": (str, False), "figures": (str, False)},
 }
-CLUSTER_KINDS = ("local", "address", "slurm", "pbs")
+CLUSTER_KINDS = ("local", "address", "env", "slurm", "pbs", "mpi")
 _CLUSTER_KEYS = {"kind": str, "workers": int, "threads_per_worker": int, "address": str, "jobqueue": dict}
 _TOP_KEYS = {"store": str, "group": str, "cluster": dict, "steps": list, "block_rows": int}
 
