@@ -26,7 +26,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
@@ -77,18 +76,17 @@ def _block_sum(func: Callable[..., np.ndarray], columns: Sequence[xr.DataArray |
     return parts.sum(axis=0, split_every=16).compute()
 
 
-def _binned(z_pred: np.ndarray, z_true: np.ndarray, by: np.ndarray | None, edges: np.ndarray | None,
-            func: Callable[..., np.ndarray], **kwargs: Any) -> np.ndarray:
-    index = bin_index(z_true if by is None else by, edges)
-    return func(z_pred, z_true, index, **kwargs)
+def _bin_of(z_true: np.ndarray, by: np.ndarray | None, edges: np.ndarray | None) -> np.ndarray:
+    """Each spectrum's bin: of ``by``, or of the true redshift when no column is given."""
+    return bin_index(z_true if by is None else by, edges)
 
 
 def _gf_block(z_pred, z_true, by=None, *, edges, nbins, tol, form):
-    return _binned(z_pred, z_true, by, edges, lambda p, t, i: gf_partial(p, t, i, nbins, tol, form))
+    return gf_partial(z_pred, z_true, _bin_of(z_true, by, edges), nbins, tol, form)
 
 
 def _error_block(z_pred, z_true, by=None, *, edges, nbins, centre, error_edges):
-    index = bin_index(z_true if by is None else by, edges)
+    index = _bin_of(z_true, by, edges)
     error = relative_error(z_pred, z_true)
     if centre is not None:  # the MAD pass: distances from each bin's median
         inside = index >= 0
@@ -97,8 +95,7 @@ def _error_block(z_pred, z_true, by=None, *, edges, nbins, centre, error_edges):
 
 
 def _kept_block(z_pred, z_true, by=None, *, edges, nbins, upper):
-    index = bin_index(z_true if by is None else by, edges)
-    return kept_error_partial(relative_error(z_pred, z_true), index, upper, nbins)
+    return kept_error_partial(relative_error(z_pred, z_true), _bin_of(z_true, by, edges), upper, nbins)
 
 
 def good_fraction_table(z_pred: xr.DataArray, z_true: xr.DataArray, by: xr.DataArray | None = None,
@@ -202,12 +199,9 @@ def zp_zt_table(z_pred: xr.DataArray, z_true: xr.DataArray, edges: Sequence[floa
                       attrs={"statistic": "zp_zt"})
 
 
-def write_table(table: xr.Dataset, store: str | PathLike[str], name: str, *, overwrite: bool = True) -> str:
-    """Store a table in ``store`` under ``stats/<name>`` (replacing it unless ``overwrite`` is False); the group
-    path is returned."""
+def write_table(table: xr.Dataset, store: str | PathLike[str], name: str) -> str:
+    """Store a table in ``store`` under ``stats/<name>``, replacing an older one; the group path is returned."""
     group = f"stats/{name}"
-    if not overwrite and group in zarr.open_group(str(store), mode="a"):
-        raise FileExistsError(f"{store}/{group} exists")
     table.to_zarr(str(store), group=group, mode="w", consolidated=False)
     return group
 
