@@ -41,6 +41,7 @@ import numpy as np
 from dzspec.cluster import make_client
 from dzspec.io import store as zstore
 from dzspec.io.muse_ingredients import blank_sky_spaxels
+from dzspec.io.priors import LoadedPrior
 from dzspec.kernels.lae_injection import (
     calibration_factor,
     matched_filter_snr,
@@ -56,7 +57,6 @@ from dzspec.kernels.madgics_priors import (
     sky_line_counts,
     sky_mask_from_counts,
     sky_vectors_from_gram,
-    to_lae_grid,
 )
 from dzspec.kernels.metrics import purity_completeness
 from dzspec.parallel.lae import build_lae_prior, prior_rows, run_lae
@@ -149,12 +149,11 @@ def _accuracy_by_snr(snr: np.ndarray, correct: np.ndarray) -> dict[str, float]:
     return out
 
 
-def muse_backgrounds(y: np.ndarray, variance_model: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rescaled real MUSE blank-sky spaxels on the LAE grid (the faintest 30 % by median flux), or None."""
+def muse_backgrounds(loaded: LoadedPrior) -> tuple[np.ndarray, np.ndarray] | None:
+    """Real MUSE blank-sky spaxels (the faintest 30 % by median flux) as the prior's scans see them, or None."""
     if not MUSE_CUBE.exists():
         return None
-    wavelength, flux, ivar = blank_sky_spaxels(MUSE_CUBE, 0.3)
-    return to_lae_grid(wavelength, flux, ivar, LAE_GRID, y=y, variance_model=variance_model)
+    return loaded.to_grid(*blank_sky_spaxels(MUSE_CUBE, 0.3))
 
 
 def main() -> None:
@@ -199,13 +198,12 @@ def main() -> None:
         # held-out simulated sky fibres
         held_out = sky_all[sky_all >= half]
         source = zstore.open_root(store)[f"spectra/{GROUP}"]
-        sky_flux, sky_ivar = to_lae_grid(source["wavelength"][:], source["flux"].oindex[held_out, :],
-                                         source["ivar"].oindex[held_out, :], LAE_GRID, y=loaded.rescale_y,
-                                         variance_model=loaded.attrs["variance_model"])
+        sky_flux, sky_ivar = loaded.to_grid(source["wavelength"][:], source["flux"].oindex[held_out, :],
+                                            source["ivar"].oindex[held_out, :])
         injections["simulated DESI sky"] = injection_set(
             client, "simulated DESI sky", sky_flux, sky_ivar, prior, template, rng, count, (2.0, 4.0), None, 25.0)
         # real MUSE blank-sky spaxels, with a MUSE sky prior from half of them
-        muse = muse_backgrounds(loaded.rescale_y, loaded.attrs["variance_model"])
+        muse = muse_backgrounds(loaded)
         if muse is not None:
             muse_flux, muse_ivar = muse
             order = rng.permutation(muse_flux.shape[0])

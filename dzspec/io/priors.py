@@ -21,6 +21,7 @@ from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.bases import array_sha256, grid_attrs, grid_from_attrs
 from dzspec.kernels.madgics import LAEPrior
+from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.kernels.restframe import LogGrid
 
 __all__ = ["LoadedPrior", "load_lae_prior", "save_lae_prior"]
@@ -35,6 +36,12 @@ class LoadedPrior:
     rescale_y: np.ndarray
     template: np.ndarray | None = None  #: the median aligned LAE window, unit sum (for injections)
     attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_grid(self, wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Native spectra resampled and rescaled exactly as the prior was built (its grid, its rescaling and its
+        variance model): what every scan with this prior must see."""
+        return to_lae_grid(wavelength, flux, ivar, self.grid, y=self.rescale_y,
+                           variance_model=self.attrs["variance_model"])
 
 
 def save_lae_prior(path: str | PathLike[str], name: str, prior: LAEPrior, grid: LogGrid, rescale_y: np.ndarray, *,

@@ -44,7 +44,6 @@ from dzspec.kernels.exposure_convergence import (
     target_convergence,
 )
 from dzspec.kernels.madgics import scan_lae
-from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.parallel.bounded import map_bounded
 from dzspec.parallel.lae import cached_prior
 from dzspec.schema import flag_attrs
@@ -91,8 +90,7 @@ def exposure_groups(store: str | PathLike[str]) -> list[str]:
 
 def _scanner(loaded: LoadedPrior, wavelength: np.ndarray, shifts: np.ndarray, fine_half_width: float) -> Any:
     def scan(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-        grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
-                                           variance_model=loaded.attrs["variance_model"])
+        grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
         return scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=shifts, fine_half_width=fine_half_width).z
 
     return scan

@@ -264,8 +264,7 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
                     calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
                     lowz_max: float, line_snr_min: float) -> dict[str, np.ndarray]:
     loaded = cached_prior(prior_store, prior_name, prior_sha256)
-    grid_flux, grid_ivar = to_lae_grid(wavelength, flux, ivar, loaded.grid, y=loaded.rescale_y,
-                                       variance_model=loaded.attrs["variance_model"])
+    grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
                       fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion)
     grid_wavelength = loaded.grid.wavelength()
