@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -38,3 +39,25 @@ def client():
 
     with make_client(n_workers=2, processes=False) as c:
         yield c
+
+
+#: 4x U25's log step: 2 180 pixels keep the 8 720-pixel eigenproblems out of the unit tests; 1 130 one-pixel shifts
+#: span z = 2 to ~4.04, as U25's 4 501 shifts at 5e-5.
+COARSE_LAE_GRID_ARGS = (math.log10(3600.0), 2e-4, 2180)
+COARSE_N_SHIFTS = 1130
+DESI_GROUP = "desi-brz-3600-9824-0.8"
+
+
+def small_lae_prior(client, store, *, seed, n=240, n_sky=10, chunk_rows=120, block_rows=60):
+    """Simulate ``n`` DESI-like spectra into ``store`` and build the MADGICS prior of their sky fibres and LAEs on
+    the coarse grid (saved as ``priors/lae``); returns the sky rows, the LAE rows, the loaded prior and its summary."""
+    from dzspec.kernels.restframe import LogGrid
+    from dzspec.parallel.lae import build_lae_prior, prior_rows
+    from dzspec.simulate import simulate
+
+    simulate(store, "desi", n, client, seed=seed, chunk_rows=chunk_rows, progress=False)
+    sky = prior_rows(store, DESI_GROUP, ["sky_residual"])
+    lae = prior_rows(store, DESI_GROUP, ["lae", "lae_double_peak"], z_name="z_true")
+    loaded, summary = build_lae_prior(client, (store, DESI_GROUP, sky), (store, DESI_GROUP, lae), out=store,
+                                      n_sky=n_sky, grid=LogGrid(*COARSE_LAE_GRID_ARGS), block_rows=block_rows)
+    return sky, lae, loaded, summary

@@ -2,7 +2,6 @@
 configs are refused naming the key, and `dzspec run` runs a config end to end on a LocalCluster and resumes."""
 
 import importlib.util
-import math
 import os
 import re
 import sys
@@ -14,14 +13,12 @@ import xarray as xr
 
 from dzspec.cluster import jobqueue_cluster
 from dzspec.io import store as zstore
-from dzspec.kernels.restframe import LogGrid
-from dzspec.parallel.lae import build_lae_prior, prior_rows
 from dzspec.parallel.pipeline import ConfigError, load_config
-from dzspec.simulate import simulate
+from tests.conftest import COARSE_N_SHIFTS, small_lae_prior
+from tests.conftest import DESI_GROUP as GROUP
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
-GROUP = "desi-brz-3600-9824-0.8"
 
 
 @pytest.mark.parametrize(("target", "kind"), [("local", "local"), ("slurm", "slurm"), ("pbs", "pbs"),
@@ -127,12 +124,7 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
 def test_dzspec_run_end_to_end_and_resume(tmp_path, client, capsys):
     from dzspec.cli import main
 
-    grid = LogGrid(math.log10(3600.0), 2e-4, 2180)  # 4x U25's step keeps the prior small
-    prior_store = tmp_path / "prior.zarr"
-    simulate(prior_store, "desi", 240, client, seed=41, chunk_rows=120, progress=False)
-    build_lae_prior(client, (prior_store, GROUP, prior_rows(prior_store, GROUP, ["sky_residual"])),
-                    (prior_store, GROUP, prior_rows(prior_store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")),
-                    out=prior_store, n_sky=10, grid=grid, block_rows=60)
+    small_lae_prior(client, tmp_path / "prior.zarr", seed=41)
     config = tmp_path / "run.toml"
     config.write_text(f"""
 store = "survey.zarr"
@@ -148,7 +140,7 @@ seed = 42
 [[steps]]
 kind = "lae"
 prior = "prior.zarr"
-params = {{ n_shifts = 1130 }}
+params = {{ n_shifts = {COARSE_N_SHIFTS} }}
 [[steps]]
 kind = "stats"
 results = "results/{GROUP}/madgics_lae"

@@ -2,7 +2,6 @@
 one output row per input target (flagged where there is nothing to measure), resumable, and its grid equal to the
 kernel's table of the stored rows."""
 
-import math
 
 import numpy as np
 import pytest
@@ -17,13 +16,13 @@ from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.simulate.desi import DesiSimConfig
 from dzspec.parallel.exposure_convergence import exposure_convergence, exposure_groups
-from dzspec.parallel.lae import build_lae_prior, prior_rows
 from dzspec.simulate import simulate
+from tests.conftest import COARSE_LAE_GRID_ARGS, small_lae_prior
+from tests.conftest import COARSE_N_SHIFTS as N_SHIFTS
+from tests.conftest import DESI_GROUP as GROUP
 
 # the coarse grid of tests/parallel/test_lae.py (4x U25's step) keeps the prior and the scans quick
-GRID = LogGrid(math.log10(3600.0), 2e-4, 2180)
-GROUP = "desi-brz-3600-9824-0.8"
-N_SHIFTS = 1130
+GRID = LogGrid(*COARSE_LAE_GRID_ARGS)
 NEXP, N_MAX, N_DRAWS = 4, 4, 3
 
 
@@ -31,11 +30,7 @@ NEXP, N_MAX, N_DRAWS = 4, 4, 3
 def stores(tmp_path_factory, client):
     base = tmp_path_factory.mktemp("convergence")
     prior_store = base / "prior.zarr"
-    simulate(prior_store, "desi", 240, client, seed=31, chunk_rows=120, progress=False)
-    sky = prior_rows(prior_store, GROUP, ["sky_residual"])
-    lae = prior_rows(prior_store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")
-    build_lae_prior(client, (prior_store, GROUP, sky), (prior_store, GROUP, lae), out=prior_store, n_sky=10,
-                    grid=GRID, block_rows=60)
+    small_lae_prior(client, prior_store, seed=31)
     store = base / "exposures.zarr"
     simulate(store, "desi", 10, client, seed=32, chunk_rows=8, progress=False,
              config=DesiSimConfig(nexp=NEXP, class_fractions=(1, 0, 0, 0, 0)))

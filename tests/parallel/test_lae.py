@@ -24,23 +24,21 @@ from dzspec.kernels.madgics_priors import (
     to_lae_grid,
 )
 from dzspec.kernels.restframe import LogGrid
-from dzspec.parallel.lae import build_lae_prior, prior_rows, run_lae
+from dzspec.parallel.lae import run_lae
 from dzspec.simulate import simulate
+from tests.conftest import COARSE_LAE_GRID_ARGS, small_lae_prior
+from tests.conftest import COARSE_N_SHIFTS as N_SHIFTS
+from tests.conftest import DESI_GROUP as GROUP
 
 # a coarser grid than U25's (4x the step) keeps the 8 720-pixel eigenproblem out of the unit tests
-GRID = LogGrid(math.log10(3600.0), 2e-4, 2180)
-GROUP = "desi-brz-3600-9824-0.8"
-N_SHIFTS = 1130  # z = 2 to ~4.04, as U25's 4 501 one-pixel shifts at 5e-5
+GRID = LogGrid(*COARSE_LAE_GRID_ARGS)
 
 
 @pytest.fixture(scope="module")
 def desi(tmp_path_factory, client):
     store = tmp_path_factory.mktemp("lae") / "desi.zarr"
-    simulate(store, "desi", 480, client, seed=11, chunk_rows=160, progress=False)
-    sky = prior_rows(store, GROUP, ["sky_residual"])
-    lae = prior_rows(store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")
-    loaded, summary = build_lae_prior(client, (store, GROUP, sky), (store, GROUP, lae), out=store, n_sky=20,
-                                      grid=GRID, block_rows=50)
+    sky, lae, loaded, summary = small_lae_prior(client, store, seed=11, n=480, n_sky=20, chunk_rows=160,
+                                                block_rows=50)
     return store, sky, lae, loaded, summary
 
 

@@ -1,7 +1,6 @@
 """A real scheduler and real worker processes started as `dask scheduler` / `dask worker` subprocesses: the pipeline
 runs by address, and a worker SIGKILLed mid-run does not change the results."""
 
-import math
 import os
 import signal
 import subprocess
@@ -16,17 +15,15 @@ import pytest
 from dzspec.cluster import make_client
 from dzspec.io import store as zstore
 from dzspec.kernels.base import KernelSpec
-from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.summary import SUMMARY, spectrum_summary
-from dzspec.parallel.lae import build_lae_prior, prior_rows
 from dzspec.parallel.runner import run_kernel
-from dzspec.simulate import simulate
 from dzspec.testing import write_synthetic_store
+from tests.conftest import COARSE_N_SHIFTS, small_lae_prior
+from tests.conftest import DESI_GROUP as GROUP
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUP = "desi-brz-3600-9824-0.8"
 
 
 def slow_summary(wavelength, flux, ivar, snr_window=None):
@@ -75,10 +72,7 @@ def test_pipeline_runs_by_address(real_cluster, capsys):
 
     folder, scheduler_file, client, _ = real_cluster
     prior_store = folder / "prior.zarr"
-    simulate(prior_store, "desi", 240, client, seed=51, chunk_rows=120, progress=False)
-    build_lae_prior(client, (prior_store, GROUP, prior_rows(prior_store, GROUP, ["sky_residual"])),
-                    (prior_store, GROUP, prior_rows(prior_store, GROUP, ["lae", "lae_double_peak"], z_name="z_true")),
-                    out=prior_store, n_sky=10, grid=LogGrid(math.log10(3600.0), 2e-4, 2180), block_rows=60)
+    small_lae_prior(client, prior_store, seed=51)
     config = folder / "run.toml"
     config.write_text(f"""
 store = "survey.zarr"
@@ -94,7 +88,7 @@ seed = 52
 [[steps]]
 kind = "lae"
 prior = "prior.zarr"
-params = {{ n_shifts = 1130 }}
+params = {{ n_shifts = {COARSE_N_SHIFTS} }}
 """)
     assert main(["run", str(config), "--overwrite", "--no-progress"]) == 0
     assert "step 2/2: lae" in capsys.readouterr().out
