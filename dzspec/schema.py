@@ -32,6 +32,7 @@ from dzspec.errors import BadSpectrumWarning, InputError
 __all__ = [
     "FLUX_UNIT",
     "INSTRUMENTS",
+    "RUN_STATUS",
     "SCHEMA_VERSION",
     "SPECTRUM_COORDS",
     "SURVEYS",
@@ -78,6 +79,10 @@ class IngestWarn(enum.IntFlag):
 SURVEYS: tuple[str, ...] = ("unknown", "desi", "muse", "sdss", "legac", "simulated")
 #: Instrument codes stored in the int8 ``instrument`` coordinate.
 INSTRUMENTS: tuple[str, ...] = ("unknown", "desi", "muse", "boss", "vimos", "simulated")
+
+#: Codes of a results group's per-spectrum ``run_status``: never computed (yet), computed, or its block failed
+#: (unreadable input, a kernel error, an unwritable output; the group's ``failed_blocks`` attribute says which).
+RUN_STATUS: tuple[str, ...] = ("not_run", "ok", "failed")
 
 #: Per-spectrum coordinates every spectra dataset has: name -> (dtype, fill value for "unknown").
 SPECTRUM_COORDS: dict[str, tuple[str, Any]] = {

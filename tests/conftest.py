@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,19 @@ def small_lae_prior(client, store, *, seed, n=240, n_sky=10, chunk_rows=120, blo
     loaded, summary = build_lae_prior(client, (store, DESI_GROUP, sky), (store, DESI_GROUP, lae), out=store,
                                       n_sky=n_sky, grid=LogGrid(*COARSE_LAE_GRID_ARGS), block_rows=block_rows)
     return sky, lae, loaded, summary
+
+
+def slow_summary(wavelength, flux, ivar, snr_window=None):
+    """The summary kernel, slowed so that a drill can strike (kill a worker, fill the disk) while blocks still run."""
+    from dzspec.kernels.summary import spectrum_summary
+
+    time.sleep(0.3)
+    return spectrum_summary(wavelength, flux, ivar, snr_window=snr_window)
+
+
+def slow_summary_kernel():
+    """:data:`~dzspec.kernels.summary.SUMMARY` with :func:`slow_summary`: same name, version and outputs."""
+    from dzspec.kernels.base import KernelSpec
+    from dzspec.kernels.summary import SUMMARY
+
+    return KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)

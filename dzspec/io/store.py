@@ -7,7 +7,8 @@ Layout of a store (Zarr v3 by default)::
         flux ivar mask (spectrum, wavelength)   wavelength (wavelength)   per-spectrum coords (spectrum)
         attrs: manifest of ingested files (sha256, path, rows, status), chunk_rows, store_uid, provenance
       results/<grid>/<kernel>/       same spectrum dim and chunking as the block plan
-        <outputs> (spectrum, ...)   targetid (spectrum)   block_done (block,) bool, chunk 1, written last
+        <outputs> (spectrum, ...)   targetid (spectrum)   run_status (spectrum): not_run | ok | failed
+        block_done (block,) bool, chunk 1, written last   attrs: failed_blocks (block -> error)
 
 Arrays are created directly with zarr-python, carrying ``dimension_names`` and the ``coordinates`` attribute so
 that :func:`xarray.open_zarr` reads them lazily as a normal Dataset. Every write covers whole chunks except the
@@ -37,7 +38,7 @@ from zarr.codecs import BloscCodec
 
 from dzspec._version import __version__
 from dzspec.errors import SchemaError, StoreError
-from dzspec.schema import SCHEMA_VERSION, SPECTRUM_COORDS
+from dzspec.schema import RUN_STATUS, SCHEMA_VERSION, SPECTRUM_COORDS, flag_attrs
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -346,7 +347,8 @@ def create_results_group(
     attrs: Mapping[str, Any],
     targetid: np.ndarray,
 ) -> zarr.Group:
-    """Create a pre-sized results group: one array per output, ``targetid``, and ``block_done`` (all False).
+    """Create a pre-sized results group: one array per output, ``targetid``, ``run_status`` (all not_run) and
+    ``block_done`` (all False). Every input row has its output row from the start.
 
     ``outputs`` maps names to :class:`dzspec.kernels.base.OutputSpec`. Output chunks equal the plan's block, so
     each block's region write covers whole chunks and no two tasks ever touch one chunk.
@@ -359,8 +361,11 @@ def create_results_group(
                 ("spectrum", *spec.dims), spec.attrs)
     tid = _create(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
     tid[:] = targetid
+    _create(group, "run_status", (n,), (rows,), "uint8", 0, ("spectrum",),
+            {**flag_attrs(RUN_STATUS), "description": "whether the spectrum's outputs were computed; failed: "
+             "its block failed (the group's failed_blocks attribute gives the error), run again with --resume"})
     create_block_flags(group, plan.nblocks)
-    for name in outputs:
+    for name in (*outputs, "run_status"):
         group[name].attrs["coordinates"] = "targetid"
     group.attrs.update(jsonable({**attrs, "plan": plan.as_dict(), "status": "running",
                                   "dzspec_version": __version__}))
@@ -384,9 +389,17 @@ def write_block(group: zarr.Group, start: int, values: Mapping[str, np.ndarray])
         target[start:stop] = array.astype(target.dtype, copy=False)
 
 
-def mark_block_done(group: zarr.Group, block: int) -> None:
-    """Set a block's done flag; called only after every output of the block is written."""
+def mark_block_done(group: zarr.Group, block: int, rows: tuple[int, int] | None = None) -> None:
+    """Set a block's done flag; called only after every output of the block is written. With ``rows``, the
+    block's ``run_status`` becomes ok first."""
+    if rows is not None:
+        group["run_status"][rows[0]:rows[1]] = RUN_STATUS.index("ok")
     group["block_done"][block] = True
+
+
+def mark_rows_failed(group: zarr.Group, rows: tuple[int, int]) -> None:
+    """Flag rows whose block failed (``run_status`` failed); their block stays not-done, so a resume retries it."""
+    group["run_status"][rows[0]:rows[1]] = RUN_STATUS.index("failed")
 
 
 def done_blocks(group: zarr.Group) -> np.ndarray:
@@ -409,11 +422,10 @@ def run_lock(store: str | PathLike[str], results: str) -> Iterator[Path | None]:
         yield None
         return
     path = root / f"{results}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = _create_exclusive(path)
         except FileExistsError:
             try:
                 holder = json.loads(path.read_text())
@@ -433,6 +445,17 @@ def run_lock(store: str | PathLike[str], results: str) -> Iterator[Path | None]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a read-only or full output location fails here, before any work
+        raise StoreError(f"cannot take the run lock {path}: {exc.strerror or exc}; the output location must be "
+                         "writable") from exc
 
 
 def _pid_alive(pid: int) -> bool:

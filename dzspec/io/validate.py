@@ -11,7 +11,7 @@ import zarr
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.schema import SPECTRUM_COORDS, IngestWarn, SpecMask, duplicated_targetid_rows
+from dzspec.schema import RUN_STATUS, SPECTRUM_COORDS, IngestWarn, SpecMask, duplicated_targetid_rows
 
 __all__ = ["Problem", "validate_store"]
 
@@ -159,4 +159,10 @@ def _check_results_group(group: zarr.Group, where: str) -> list[Problem]:
     if not done.all():
         problems.append(Problem(f"{where}/block_done", f"{int((~done).sum())} of {done.size} blocks unfinished "
                                 f"(first: {int(np.flatnonzero(~done)[0])}); run again with --resume"))
+    failed = np.flatnonzero(group["run_status"][:] == RUN_STATUS.index("failed")) if "run_status" in group else []
+    if len(failed):
+        errors = dict(group.attrs.get("failed_blocks", {}))
+        first = next(iter(errors.values()), "no error recorded")
+        problems.append(Problem(f"{where}/run_status {_rows(failed, 0)}",
+                                f"{len(failed)} spectra in failed blocks (first: {first}); run again with --resume"))
     return problems

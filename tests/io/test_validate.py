@@ -70,7 +70,12 @@ def test_newer_schema_and_unfinished_results(store):
     root = zstore.open_root(store, mode="r+")
     plan = zstore.BlockPlan(30, 8)
     zstore.create_results_group(root, "results/g/k", plan, {"x": OutputSpec("float32")}, {}, np.arange(30))
-    zstore.mark_block_done(root["results/g/k"], 0)
-    assert any("3 of 4 blocks unfinished (first: 1)" in m for m in _messages(store))
+    zstore.mark_block_done(root["results/g/k"], 0, (0, 8))
+    zstore.mark_rows_failed(root["results/g/k"], (8, 16))
+    root["results/g/k"].attrs["failed_blocks"] = {"1": "block 1 (rows 8:16) failed reading the input: boom"}
+    messages = _messages(store)
+    assert any("3 of 4 blocks unfinished (first: 1)" in m for m in messages)
+    assert any("run_status rows 8, 9, 10, 11, 12 ... (8 in all): 8 spectra in failed blocks (first: block 1 "
+               "(rows 8:16) failed reading the input: boom)" in m for m in messages), messages
     zarr.open_group(str(store), mode="r+").attrs["dzspec_schema_version"] = SCHEMA_VERSION + 5
     assert "upgrade dzspec" in _messages(store)[0]

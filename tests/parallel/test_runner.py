@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from dzspec.io import store as zstore
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.summary import SUMMARY, spectrum_summary
 from dzspec.parallel.runner import run_kernel
+from dzspec.schema import RUN_STATUS
 from dzspec.testing import write_synthetic_store
+from tests.conftest import slow_summary_kernel
 
 pytestmark = pytest.mark.cluster
 
@@ -59,14 +62,21 @@ def test_failed_block_stays_not_done_and_resume_recomputes_only_it(store, client
     finally:
         POISON.unlink()
     assert list(first.failed) == [2]  # rows 16:24 hold targetid 10000020
-    assert "block 2 (rows 16:24)" in first.failed[2] and "injected failure" in first.failed[2]
+    assert "block 2 (rows 16:24) failed in the kernel" in first.failed[2] and "injected failure" in first.failed[2]
+    assert "[targetid 10000016..10000023]" in first.failed[2]
     assert not first.complete and first.computed == 12
     root = zstore.open_root(store)
     assert root[first.results].attrs["status"] == "incomplete"
+    assert root[first.results].attrs["failed_blocks"] == {"2": first.failed[2]}
     assert zstore.done_blocks(root[first.results]).tolist().count(False) == 1
+    status = zstore.open_results(store, first.results).run_status.values  # every row is there, the bad ones flagged
+    assert status.size == 100 and (status[16:24] == RUN_STATUS.index("failed")).all()
+    assert (np.delete(status, np.s_[16:24]) == RUN_STATUS.index("ok")).all()
 
     second = run_kernel(store, POISONED, client, progress=False, resume=True)
     assert second.complete and second.computed == 1 and second.already_done == 12
+    assert root[first.results].attrs.asdict()["failed_blocks"] == {}
+    assert (zstore.open_results(store, first.results).run_status.values == RUN_STATUS.index("ok")).all()
     total = zstore.open_results(store, second.results)["total"].values
     np.testing.assert_array_equal(total, zstore.open_spectra(store).flux.values.astype(np.float64).sum(axis=1))
 
@@ -191,10 +201,13 @@ def test_a_corrupted_input_chunk_fails_its_block_by_name_and_the_others_complete
     (Path(store) / group / "flux" / "c" / "2" / "0").write_bytes(b"not a blosc frame" * 4)  # rows 16:24
     report = run_kernel(store, SUMMARY, client, progress=False, block_rows=8)
     assert not report.complete and list(report.failed) == [2]
-    assert "block 2 (rows 16:24)" in report.failed[2] and "decompression" in report.failed[2]
+    assert "block 2 (rows 16:24) failed reading the input" in report.failed[2]
+    assert "decompression" in report.failed[2] and "[targetid 10000016..10000023]" in report.failed[2]
     target = zstore.open_root(store)[report.results]
     done = zstore.done_blocks(target)
     assert not done[2] and done[np.arange(done.size) != 2].all() and target.attrs["status"] == "incomplete"
+    status = zstore.open_results(store, report.results).run_status.values
+    assert status.tolist() == [1] * 16 + [2] * 8 + [1] * 76  # ok, failed (the corrupted chunk), ok
 
 
 def test_results_are_identical_across_block_sizes_and_worker_counts(store, client):
@@ -210,3 +223,75 @@ def test_results_are_identical_across_block_sizes_and_worker_counts(store, clien
         for name in reference.data_vars:
             if name != "block_done":  # one flag per block: its length follows the block size
                 assert reference[name].values.tobytes() == got[name].values.tobytes(), (other, name)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 4 MiB tmpfs: a real filesystem that a drill can fill (mounting needs root, as in CI; skipped otherwise)."""
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path):
+    """Write zeros into ``path`` until the filesystem refuses even one byte."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    try:
+        for size in (1 << 16, 1 << 12, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_stops_the_run_by_name_keeps_only_written_blocks_and_resume_completes(small_filesystem, client):
+    store = write_synthetic_store(small_filesystem / "s.zarr", nspectrum=160, nwave=80, chunk_rows=8, seed=12)
+    assert run_kernel(store, SUMMARY, client, results="results/reference", progress=False).complete
+    filler = small_filesystem / "filler"
+    root = zstore.open_root(store)
+
+    def fill_when_running():
+        while True:
+            try:
+                if zstore.done_blocks(root["results/full"]).sum() >= 3:
+                    break
+            except KeyError:  # the results group is still being created
+                pass
+            time.sleep(0.02)
+        _fill(filler)  # the disk fills up while blocks are in flight
+
+    watcher = threading.Thread(target=fill_when_running, daemon=True)
+    watcher.start()
+    with pytest.raises(StoreError) as failure:
+        run_kernel(store, slow_summary_kernel(), client, results="results/full", progress=False, max_in_flight=2)
+    watcher.join(timeout=5)
+    message = str(failure.value)
+    assert "results/full: block" in message and "failed writing the results" in message
+    assert "No space left on device" in message and "run again with --resume" in message
+
+    target = zstore.open_root(store)["results/full"]  # the group's metadata survived the full disk
+    done = zstore.done_blocks(target)
+    assert 3 <= done.sum() < done.size - 2  # it stopped instead of failing every remaining block
+    assert f"{int(done.sum())} of {done.size} blocks are done and kept" in message
+    reference = zstore.open_results(store, "results/reference").compute()
+    partial = zstore.open_results(store, "results/full").compute()
+    for block in np.flatnonzero(done):  # no block marked done that was not completely written
+        rows = slice(block * 8, block * 8 + 8)
+        assert (partial.run_status.values[rows] == RUN_STATUS.index("ok")).all()
+        for name in (n for n in reference.data_vars if reference[n].dims[0] == "spectrum"):
+            assert reference[name].values[rows].tobytes() == partial[name].values[rows].tobytes(), (block, name)
+
+    filler.unlink()  # space is freed: the resume computes exactly the blocks not done
+    report = run_kernel(store, SUMMARY, client, results="results/full", resume=True, progress=False)
+    assert report.complete and report.already_done == done.sum() and report.computed == done.size - done.sum()
+    final = zstore.open_results(store, "results/full").compute()
+    for name in reference.data_vars:
+        assert reference[name].values.tobytes() == final[name].values.tobytes(), name
