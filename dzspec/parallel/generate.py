@@ -158,8 +158,8 @@ def generate_to_store(
     """Simulate ``nspectrum`` spectra with ``spec`` (a :class:`dzspec.simulate.SimulatorSpec`) into ``store``.
 
     The spectra go to ``spectra/<grid>`` (shared with real spectra on the same grid), per-exposure spectra, if
-    the simulator makes them, to ``spectra/<grid>-exposures-<run>``. Re-running the same call resumes an
-    interrupted run and does nothing for a finished one.
+    the simulator makes more than one per target, to ``spectra/<grid>-exposures-<run>``. Re-running the same call
+    resumes an interrupted run and does nothing for a finished one.
     """
     config = spec.default_config() if config is None else config
     store = str(Path(store).resolve())
@@ -171,7 +171,8 @@ def generate_to_store(
     probe = spec.simulate(np.arange(1), seed, config, _ingredients(spec.load_ingredients, paths))
     template = _block_dataset(probe, _targetids(run, np.arange(1)), spec.survey, spec.grid_name, "<probe>")
     template = template.assign_coords(source_file=("spectrum", np.zeros(1, np.int32)))
-    nexp = 0 if probe.exposures is None else probe.exposures.flux.shape[0]
+    # One exposure per target is the coadd itself: a copy of it would double the store for nothing.
+    nexp = 0 if probe.exposures is None or probe.exposures.flux.shape[0] == 1 else probe.exposures.flux.shape[0]
     if nexp:
         template = template.assign_coords(exposure_row0=("spectrum", np.zeros(1, np.int64)))
     group_path = f"spectra/{spec.grid_name}"

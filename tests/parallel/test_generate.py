@@ -49,6 +49,18 @@ def test_rerun_does_nothing_and_an_interrupted_run_resumes(tmp_path, client):
     assert _spectra(store).sizes["spectrum"] == 40
 
 
+def test_one_exposure_per_target_is_the_coadd_and_gets_no_exposures_group(tmp_path, client):
+    report = generate_to_store(tmp_path / "s.zarr", TOY, 12, client, seed=3, config=ToyConfig(nexp=1),
+                               chunk_rows=8, progress=False)
+    assert report.complete and report.exposures_group is None
+    assert zstore.spectra_groups(zstore.open_root(tmp_path / "s.zarr")) == ["spectra/toy-4750-1.25-64"]
+    direct = toy_simulate_block(np.arange(12), 3, ToyConfig(nexp=1), None)
+    np.testing.assert_array_equal(_spectra(tmp_path / "s.zarr").flux.values, direct.flux)
+    good = direct.ivar > 0  # what the group would repeat: the same measurements
+    np.testing.assert_allclose(direct.exposures.ivar, direct.ivar, rtol=1e-6)
+    np.testing.assert_allclose(direct.exposures.flux[good], direct.flux[good], rtol=1e-6)
+
+
 def test_runs_append_after_existing_rows_and_exposures_align(tmp_path, client):
     store = tmp_path / "s.zarr"
     generate_to_store(store, TOY, 13, client, seed=1, chunk_rows=8, progress=False)  # ends mid-chunk
