@@ -1,4 +1,5 @@
-"""The one cluster factory: a LocalCluster fitted to the machine, or a connection to a running scheduler.
+"""The one cluster factory: a LocalCluster fitted to the machine, a connection to a running scheduler, a batch
+system (dask-jobqueue) or a Dask Gateway cluster.
 
 Every worker thread gets exactly one BLAS/OpenMP thread: the nanny sets ``OMP_NUM_THREADS`` and friends before
 a worker process starts, and a worker plugin caps the thread pools of libraries already loaded (threadpoolctl),
@@ -14,7 +15,7 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 
-__all__ = ["JOBQUEUE_CLASSES", "client_from_config", "jobqueue_cluster", "make_client"]
+__all__ = ["JOBQUEUE_CLASSES", "client_from_config", "gateway_client", "jobqueue_cluster", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -135,23 +136,94 @@ def jobqueue_cluster(kind: str, jobqueue: dict[str, Any] | None = None) -> Any:
     return getattr(dask_jobqueue, JOBQUEUE_CLASSES[kind])(**options)
 
 
+class _GatewayClient(Client):
+    """A client that closes its Dask Gateway cluster object when it closes, as ``Client()`` closes the LocalCluster
+    it started: a cluster made with ``shutdown_on_close=True`` is shut down then, not when the interpreter exits; one
+    it only connected to is disconnected."""
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        cluster = self.cluster
+        try:
+            return super().close(*args, **kwargs)
+        finally:
+            if cluster is not None:
+                _close_gateway_cluster(cluster)
+
+
+def _close_gateway_cluster(cluster: Any) -> None:
+    """``cluster.close()``, once for all: dask-gateway 2026.3 closes the cluster's Gateway again in ``__del__``,
+    which raises with distributed 2026 once its loop has stopped ("Accessing the loop property while the loop is
+    not running"), printed as an ignored exception."""
+    cluster.close()
+    vars(cluster.gateway).pop("_loop_runner", None)  # Gateway.__del__ does nothing without it
+
+
+def gateway_client(cluster: dict[str, Any]) -> Client:
+    """A client on a Dask Gateway cluster: a new one (shut down when the client closes) or an existing one.
+
+    Parameters
+    ----------
+    cluster
+        The config's ``[cluster]`` section. ``address``, ``proxy_address`` and ``auth`` (``"basic"``,
+        ``"kerberos"``, ``"jupyterhub"``) locate the gateway; missing ones come from dask's ``gateway.*`` config,
+        which a JupyterHub with Dask Gateway sets. ``cluster_name`` connects to a running cluster instead of
+        starting one with the ``[cluster.gateway]`` options (those the gateway offers: ``Gateway().cluster_options()``).
+        ``workers`` scales to a fixed count (default 1 for a new cluster; an existing one is left as it is), or
+        ``adapt = {minimum, maximum}`` lets the gateway scale with the load.
+
+    Returns
+    -------
+    distributed.Client
+        With one BLAS/OpenMP thread per worker thread (:class:`OneBlasThread`). Closing it shuts down a cluster
+        this call started and only disconnects from one named by ``cluster_name``.
+
+    Raises
+    ------
+    ImportError
+        Without dask-gateway (``pip install 'dzspec[gateway]'``).
+    """
+    try:
+        from dask_gateway import GatewayCluster
+    except ImportError:
+        raise ImportError("cluster.kind = 'gateway' needs dask-gateway: pip install 'dzspec[gateway]'") from None
+    where = {key: cluster[key] for key in ("address", "proxy_address", "auth") if key in cluster}
+    if "cluster_name" in cluster:
+        remote = GatewayCluster.from_name(cluster["cluster_name"], shutdown_on_close=False, **where)
+    else:
+        remote = GatewayCluster(**where, shutdown_on_close=True, **cluster.get("gateway", {}))
+    try:
+        if "adapt" in cluster:
+            remote.adapt(**cluster["adapt"])
+        elif "workers" in cluster or "cluster_name" not in cluster:
+            remote.scale(cluster.get("workers", 1))
+        client = _GatewayClient(remote)
+    except BaseException:
+        _close_gateway_cluster(remote)
+        raise
+    client.register_plugin(OneBlasThread())
+    log.info("dask client ready: %s (gateway cluster %s)", client.dashboard_link, remote.name)
+    return client
+
+
 def client_from_config(cluster: dict[str, Any] | None = None) -> Client:
     """The client a pipeline config's ``[cluster]`` section asks for (see :mod:`dzspec.parallel.pipeline`):
     ``kind`` local (``workers``, ``threads_per_worker``), address (``address``: a scheduler or its JSON file), env
-    (``DASK_SCHEDULER_ADDRESS``, as the Dask operator sets it), or slurm / pbs (``[cluster.jobqueue]`` options,
-    ``workers`` = jobs to start); ``mpi`` is started by ``python -m dzspec.parallel.mpi``. Switching targets
-    changes only the config."""
+    (``DASK_SCHEDULER_ADDRESS``, as the Dask operator sets it), slurm / pbs (``[cluster.jobqueue]`` options,
+    ``workers`` = jobs to start) or gateway (a Dask Gateway cluster: :func:`gateway_client`); ``mpi`` is started by
+    ``python -m dzspec.parallel.mpi``. Switching targets changes only the config."""
     cluster = dict(cluster or {})
     kind = cluster.get("kind", "local")
     if kind == "local":
         return make_client(n_workers=cluster.get("workers"), threads_per_worker=cluster.get("threads_per_worker", 1))
     if kind == "address":
         return make_client(cluster["address"])
-    if kind == "env":  # a scheduler someone else started: the Dask operator's DaskJob, a Gateway cluster
+    if kind == "env":  # a scheduler someone else started: the Dask operator's DaskJob
         address = os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
         if not address:
             raise ValueError("cluster.kind = 'env' needs DASK_SCHEDULER_ADDRESS (or dask's scheduler-address)")
         return make_client(address)
+    if kind == "gateway":
+        return gateway_client(cluster)
     if kind == "mpi":
         raise ValueError("cluster.kind = 'mpi' runs under srun/mpirun: python -m dzspec.parallel.mpi CONFIG")
     batch = jobqueue_cluster(kind, cluster.get("jobqueue"))

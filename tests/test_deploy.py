@@ -22,11 +22,16 @@ SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
 
 
 @pytest.mark.parametrize(("target", "kind"), [("local", "local"), ("slurm", "slurm"), ("pbs", "pbs"),
-                                             ("kubernetes", "env"), ("mpi", "mpi")])
+                                             ("kubernetes", "env"), ("mpi", "mpi"), ("gateway", "gateway")])
 def test_deploy_configs_are_valid(target, kind):
     config = load_config(DEPLOY / target / "pipeline.toml")
     assert config.cluster["kind"] == kind and config.steps
     assert (DEPLOY / target / "README.md").exists()
+
+
+def test_every_deploy_folder_with_a_config_is_checked():
+    checked = {"local", "slurm", "pbs", "kubernetes", "mpi", "gateway"}  # the parametrisation above
+    assert {path.parent.name for path in DEPLOY.glob("*/pipeline.toml")} == checked
 
 
 def test_kubernetes_daskjob_runs_the_pipeline_on_the_operator_cluster():
@@ -37,10 +42,39 @@ def test_kubernetes_daskjob_runs_the_pipeline_on_the_operator_cluster():
     assert container["args"][:3] == ["dzspec", "run", "/config/pipeline.toml"] and "--resume" in container["args"]
     (worker,) = job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"]
     assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"  # one BLAS thread per worker thread
-    tag = re.search(r"-t (\S+) ", (DEPLOY / "container" / "Dockerfile").read_text()).group(1)
     images = {container["image"], worker["image"],
               job["spec"]["cluster"]["spec"]["scheduler"]["spec"]["containers"][0]["image"]}
-    assert images == {tag}  # every role from the image deploy/container builds
+    assert images == {_image_tag()}  # every role from the image deploy/container builds
+
+
+def _image_tag():
+    return re.search(r"-t (\S+) ", (DEPLOY / "container" / "Dockerfile").read_text()).group(1)
+
+
+def test_kubernetes_daskcluster_is_the_daskjob_cluster_kept_running():
+    yaml = pytest.importorskip("yaml")
+    cluster, autoscaler = yaml.safe_load_all((DEPLOY / "kubernetes" / "daskcluster.yaml").read_text())
+    assert cluster["apiVersion"] == autoscaler["apiVersion"] == "kubernetes.dask.org/v1"
+    assert (cluster["kind"], autoscaler["kind"]) == ("DaskCluster", "DaskAutoscaler")
+    name = cluster["metadata"]["name"]
+    assert autoscaler["spec"]["cluster"] == name and autoscaler["spec"]["minimum"] <= autoscaler["spec"]["maximum"]
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    (scheduler,) = cluster["spec"]["scheduler"]["spec"]["containers"]
+    assert worker["args"][:2] == ["dask", "worker"] and scheduler["args"][:2] == ["dask", "scheduler"]
+    assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"
+    one_thread = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                       "NUMEXPR_NUM_THREADS")}
+    assert {env["name"]: env["value"] for env in worker["env"]} == one_thread  # like the image's ENV
+    assert worker["resources"]["requests"]["cpu"] == worker["resources"]["limits"]["cpu"] == "1"
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "daskjob.yaml").read_text())
+    assert {worker["image"], scheduler["image"]} == {job["spec"]["job"]["spec"]["containers"][0]["image"]}
+    # the config beside it reaches the scheduler through the service the operator names <cluster>-scheduler
+    service = cluster["spec"]["scheduler"]["service"]
+    assert service["selector"]["dask.org/cluster-name"] == name
+    port = next(p["port"] for p in service["ports"] if p["name"] == "tcp-comm")
+    config = load_config(DEPLOY / "kubernetes" / "daskcluster.toml")
+    assert config.cluster["kind"] == "address"
+    assert re.fullmatch(rf"tcp://{name}-scheduler\.[a-z0-9-]+\.svc\.cluster\.local:{port}", config.cluster["address"])
 
 
 def test_container_pins_every_dependency_within_its_range():
@@ -52,7 +86,8 @@ def test_container_pins_every_dependency_within_its_range():
             name, version = line.split("==")
             pins[name.lower()] = version
     project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
-    for text in project["dependencies"] + ["dask-jobqueue>=0.9"]:
+    extras = project["optional-dependencies"]
+    for text in project["dependencies"] + extras["hpc"] + extras["gateway"]:
         requirement = Requirement(text)
         assert requirement.name.lower() in pins, f"{requirement.name} is not pinned in the image"
         assert requirement.specifier.contains(pins[requirement.name.lower()]), text
@@ -112,6 +147,20 @@ def test_job_scripts_match_their_snapshots(target):
     ('store = "s"\n[cluster]\nworkers = "many"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
      "'cluster.workers' must be an integer"),
     ('store = "s"\n[[steps]\n', "not valid TOML"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
+     "cluster.kind = 'gateway' needs 'cluster.address'"),
+    ('store = "s"\n[cluster]\nkind = "local"\ncluster_name = "c"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
+     "'cluster.cluster_name' is only for cluster.kind = 'gateway', not 'local'"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nadapt = {max = 4}\n[[steps]]\nkind = "lae"\n'
+     'prior = "p"\n', "unknown key 'cluster.adapt.max'; it takes minimum, maximum"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nadapt = {minimum = "1"}\n[[steps]]\n'
+     'kind = "lae"\nprior = "p"\n', "'cluster.adapt.minimum' must be an integer"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nworkers = 2\nadapt = {maximum = 4}\n'
+     '[[steps]]\nkind = "lae"\nprior = "p"\n', "'cluster.workers' (a fixed count) and 'cluster.adapt' exclude"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\ncluster_name = "c"\n[cluster.gateway]\n'
+     'worker_cores = 1\n[[steps]]\nkind = "lae"\nprior = "p"\n', "give one of them"),
+    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nauth = 1\n[[steps]]\nkind = "lae"\n'
+     'prior = "p"\n', "'cluster.auth' must be a string"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -119,6 +168,16 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_gateway_address_may_come_from_the_dask_config(tmp_path):
+    """Inside a JupyterHub with Dask Gateway, DASK_GATEWAY__ADDRESS (dask's gateway.address) names the gateway."""
+    import dask
+
+    path = tmp_path / "hub.toml"
+    path.write_text('store = "s"\n[cluster]\nkind = "gateway"\n[[steps]]\nkind = "lae"\nprior = "p"\n')
+    with dask.config.set({"gateway.address": "https://hub.example.org/services/dask-gateway"}):
+        assert load_config(path).cluster == {"kind": "gateway"}
 
 
 def test_dzspec_run_end_to_end_and_resume(tmp_path, client, capsys):

@@ -6,13 +6,20 @@ A config (every key is checked; an unknown or mistyped one is an error that name
     group = "muse-air2vac-4750-1.25-3681"   # optional: its spectra group when it holds several
 
     [cluster]                         # optional; default a LocalCluster with one worker per core
-    kind = "local"                    # local | address | env | slurm | pbs | mpi
-    workers = 2                       # local: worker processes; slurm/pbs: jobs
-    # address = "tcp://host:8786"     # kind = "address" (or a scheduler JSON file)
-    #                                 # kind = "env": DASK_SCHEDULER_ADDRESS (Dask operator DaskJob, Gateway)
+    kind = "local"                    # local | address | env | slurm | pbs | gateway | mpi
+    workers = 2                       # local: worker processes; slurm/pbs: jobs; gateway: workers
+    # address = "tcp://host:8786"     # kind = "address" (or a scheduler JSON file); kind = "gateway": its URL
+    #                                 # kind = "env": DASK_SCHEDULER_ADDRESS (Dask operator DaskJob)
     #                                 # kind = "mpi": python -m dzspec.parallel.mpi CONFIG under srun/mpirun
+    #                                 # kind = "gateway": a new Dask Gateway cluster, shut down at the end;
+    # auth = "jupyterhub"             #   basic | kerberos | jupyterhub; address, proxy_address and auth
+    # proxy_address = "gateway://gateway.example.org:80"   #   default to dask's gateway.* config
+    # adapt = { minimum = 2, maximum = 64 }   # gateway: follow the load instead of a fixed `workers`
+    # cluster_name = "..."            # gateway: join a running cluster instead (left running)
     # [cluster.jobqueue]              # kind = "slurm" / "pbs": keyword arguments of dask-jobqueue's cluster
     # cores = 32, memory = "128GB", processes = 32, walltime = "04:00:00", queue = "regular", account = "m1234"
+    # [cluster.gateway]               # kind = "gateway": options of the new cluster (Gateway().cluster_options())
+    # worker_cores = 1, worker_memory = 4
 
     [[steps]]
     kind = "ingest"                   # ingest | simulate | zfind | lae | stats
@@ -59,8 +66,12 @@ STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
               "log10": (bool, False), "marked": ((int, float), False), "positive": (str, False),
               "form": (str, False), "name": (str, False), "figures": (str, False)},
 }
-CLUSTER_KINDS = ("local", "address", "env", "slurm", "pbs", "mpi")
-_CLUSTER_KEYS = {"kind": str, "workers": int, "threads_per_worker": int, "address": str, "jobqueue": dict}
+CLUSTER_KINDS = ("local", "address", "env", "slurm", "pbs", "gateway", "mpi")
+_CLUSTER_KEYS = {"kind": str, "workers": int, "threads_per_worker": int, "address": str, "jobqueue": dict,
+                 "proxy_address": str, "auth": str, "cluster_name": str, "adapt": dict, "gateway": dict}
+#: [cluster] keys only kind = "gateway" reads, and the keys of its ``adapt`` table.
+_GATEWAY_KEYS = ("proxy_address", "auth", "cluster_name", "adapt", "gateway")
+_ADAPT_KEYS = {"minimum": int, "maximum": int}
 _TOP_KEYS = {"store": str, "group": str, "cluster": dict, "steps": list, "block_rows": int}
 
 
@@ -94,6 +105,29 @@ def _check(where: str, key: str, value: Any, expected: type | tuple[type, ...]) 
 def _name(expected: type | tuple[type, ...]) -> str:
     names = {list: "a list", dict: "a table", str: "a string", int: "an integer", bool: "true or false"}
     return " or ".join(names.get(t, t.__name__) for t in (expected if isinstance(expected, tuple) else (expected,)))
+
+
+def _check_gateway(where: str, kind: str, cluster: dict[str, Any]) -> None:
+    """The [cluster] keys of kind = "gateway": only there, with an address (or dask's), adapt XOR workers."""
+    if kind != "gateway":
+        for key in _GATEWAY_KEYS:
+            if key in cluster:
+                raise ConfigError(f"{where}: 'cluster.{key}' is only for cluster.kind = 'gateway', not {kind!r}")
+        return
+    import dask
+
+    if "address" not in cluster and not dask.config.get("gateway.address", None):
+        raise ConfigError(f"{where}: cluster.kind = 'gateway' needs 'cluster.address' (or dask's gateway.address, "
+                          "as a JupyterHub with Dask Gateway sets it)")
+    for key, value in cluster.get("adapt", {}).items():
+        if key not in _ADAPT_KEYS:
+            raise ConfigError(f"{where}: unknown key 'cluster.adapt.{key}'; it takes {', '.join(_ADAPT_KEYS)}")
+        _check(where, f"cluster.adapt.{key}", value, _ADAPT_KEYS[key])
+    if "adapt" in cluster and "workers" in cluster:
+        raise ConfigError(f"{where}: 'cluster.workers' (a fixed count) and 'cluster.adapt' exclude each other")
+    if "cluster_name" in cluster and "gateway" in cluster:
+        raise ConfigError(f"{where}: 'cluster.gateway' options start a new cluster; 'cluster.cluster_name' "
+                          "connects to a running one: give one of them")
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -138,6 +172,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{where}: 'cluster.kind' must be one of {', '.join(CLUSTER_KINDS)}, not {kind!r}")
     if kind == "address" and "address" not in cluster:
         raise ConfigError(f"{where}: cluster.kind = 'address' needs 'cluster.address'")
+    _check_gateway(where, kind, cluster)
     if not raw["steps"]:
         raise ConfigError(f"{where}: 'steps' is empty")
     base = path.parent
