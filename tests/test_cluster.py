@@ -29,13 +29,35 @@ def _thread_settings():
         {pool["num_threads"] for pool in threadpool_info()})
 
 
-def test_workers_run_one_blas_thread_each():
+def _mmapped_bytes_of_a_4mib_temporary():
+    """Bytes glibc serves by mmap (mallinfo2's global hblkhd) while a 4 MiB NumPy temporary is alive."""
+    import ctypes
+
+    import numpy as np
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    temporary = np.ones(2**19)
+    during = mallinfo2().hblkhd
+    del temporary
+    return during - before
+
+
+def test_workers_run_one_blas_thread_each_and_keep_temporaries_on_the_heap():
     import numpy as np
 
     np.dot(np.ones((2, 2)), np.ones((2, 2)))  # load BLAS here too (the worker imports numpy on unpickling)
     with make_client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         settings = list(client.run(_thread_settings).values())
         assert client.dashboard_link is not None
+        if sys.platform == "linux":
+            # the nanny's MALLOC_TRIM_THRESHOLD_ alone would mmap it (and zero its pages on every use)
+            assert list(client.run(_mmapped_bytes_of_a_4mib_temporary).values()) == [0]
     assert settings == [("1", "1", [1])]
 
 
@@ -136,7 +158,7 @@ def test_gateway_kind_starts_a_cluster_and_shuts_it_down_with_the_client(gateway
     with client_from_config({"kind": "gateway", **gateway_server, "auth": "basic", "workers": 1}) as client:
         client.wait_for_workers(1, timeout=30)
         assert client.submit(operator.add, 1, 2).result() == 3
-        # OneBlasThread on the workers (a lambda: these workers cannot import the tests package)
+        # WorkerTuning on the workers (a lambda: these workers cannot import the tests package)
         limited = client.run(lambda dask_worker: hasattr(dask_worker, "_dzspec_threadpool_limits"))
         assert list(limited.values()) == [True]
         name = client.cluster.name

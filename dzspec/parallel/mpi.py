@@ -32,11 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ImportError("MPI batch mode needs dask-mpi and mpi4py: pip install dask-mpi mpi4py") from None
     from distributed import Client
 
-    from dzspec.cluster import OneBlasThread
+    from dzspec.cluster import WorkerTuning
 
     dask_mpi.initialize(nthreads=1, dashboard=False)  # ranks other than 1 stay inside until the run ends
     with Client() as client:
-        client.register_plugin(OneBlasThread())
+        client.register_plugin(WorkerTuning())
         run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
