@@ -4,8 +4,8 @@ For each N (default 10^4 and 10^5; ``--full`` adds 10^6: about 2.5 h of scan and
 DESI-like store is simulated and scanned with one MADGICS prior (built once from a separate 2 000-spectrum store,
 50 + 2 vectors on U25's grid), one exposure per target and 512-spectrum chunks (each a scan block), then reduced by
 ``survey_report``. Per N: wall time of each stage, spectra per second per core of the scan, peak worker RSS and
-bytes written. Then the smallest N is scanned again on one worker for the 1 -> 2 worker speed-up (goal >= 1.8 on
-2 cores; time-shared machines read low). Writes ``summary.json`` and ``scale.png`` (cost and memory against N:
+bytes written. The smallest N is also scanned on one worker, before the larger sizes, for the 1 -> 2 worker speed-up
+(goal >= 1.8 on 2 cores; time-shared machines read low). Writes ``summary.json`` and ``scale.png`` (cost and memory against N:
 linear cost means a flat per-spectrum cost) to ``--out``.
 
 Usage (about 20 minutes on 2 cores with the defaults)::
@@ -71,6 +71,31 @@ def run_size(client, n: int, prior: Path, workdir: Path, workers: int, keep: boo
     return row
 
 
+def write_summary(out: Path, rows: list[dict], single: dict, workers: int) -> dict:
+    """``summary.json`` and ``scale.png`` from the sizes run so far (rewritten after each, so a long run that is
+    stopped keeps its finished sizes)."""
+    speedup = single["scan_s"] / rows[0]["scan_s"]
+    per_spectrum = [r["scan_s"] / r["n"] for r in rows]
+    summary = {"sizes": rows, "one_worker": single, "speedup_1_to_2_workers_scan": speedup,
+               "scan_cost_per_spectrum_ratio_largest_to_smallest": per_spectrum[-1] / per_spectrum[0],
+               "peak_rss_ratio_largest_to_smallest": rows[-1]["peak_worker_rss_mib"] / rows[0]["peak_worker_rss_mib"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plt = pyplot()
+    fig, (cost, memory) = plt.subplots(1, 2, figsize=(9.6, 4), constrained_layout=True)
+    ns = [r["n"] for r in rows]
+    for key, label in (("simulate_s", "simulate"), ("scan_s", "MADGICS scan"), ("stats_s", "statistics")):
+        cost.plot(ns, [r[key] for r in rows], "o-", label=label)
+    cost.plot(ns, [rows[0]["scan_s"] * n / ns[0] for n in ns], ":", color="0.5", label="linear from the smallest")
+    cost.set(xscale="log", yscale="log", xlabel="spectra", ylabel="wall time (s)",
+             title=f"{workers} workers; 1 -> {workers} speed-up {speedup:.2f}")
+    cost.legend(fontsize=8)
+    memory.plot(ns, [r["peak_worker_rss_mib"] for r in rows], "o-")
+    memory.set(xscale="log", xlabel="spectra", ylabel="peak worker RSS (MiB)", ylim=(0, None))
+    fig.savefig(out / "scale.png", dpi=120)
+    plt.close(fig)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench-scale"))
@@ -84,37 +109,21 @@ def main() -> None:
     sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
     args.out.mkdir(parents=True, exist_ok=True)
     prior = args.out / "prior.zarr"
-    rows = []
     with make_client(n_workers=args.workers) as client:
         if not (prior / "priors" / "lae").exists():
             simulate(prior, "desi", 2000, client, seed=7, progress=False)
             build_lae_prior(client, (prior, GROUP, prior_rows(prior, GROUP, ["sky_residual"])),
                             (prior, GROUP, prior_rows(prior, GROUP, ["lae", "lae_double_peak"], z_name="z_true")),
                             out=prior, overwrite=True)
-        for n in sizes:
+        rows = [run_size(client, sizes[0], prior, args.out, args.workers, args.keep, args.chunk_rows)]
+    with make_client(n_workers=1) as client:  # the speed-up first: the largest size takes hours
+        single = run_size(client, sizes[0], prior, args.out, 1, args.keep, args.chunk_rows)
+    summary = write_summary(args.out, rows, single, args.workers)
+    with make_client(n_workers=args.workers) as client:
+        for n in sizes[1:]:
             _check_disk(args.out, n, rows)
             rows.append(run_size(client, n, prior, args.out, args.workers, args.keep, args.chunk_rows))
-    with make_client(n_workers=1) as client:
-        single = run_size(client, sizes[0], prior, args.out, 1, args.keep, args.chunk_rows)
-    speedup = single["scan_s"] / rows[0]["scan_s"]
-    per_spectrum = [r["scan_s"] / r["n"] for r in rows]
-    summary = {"sizes": rows, "one_worker": single, "speedup_1_to_2_workers_scan": speedup,
-               "scan_cost_per_spectrum_ratio_largest_to_smallest": per_spectrum[-1] / per_spectrum[0],
-               "peak_rss_ratio_largest_to_smallest": rows[-1]["peak_worker_rss_mib"] / rows[0]["peak_worker_rss_mib"]}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plt = pyplot()
-    fig, (cost, memory) = plt.subplots(1, 2, figsize=(9.6, 4), constrained_layout=True)
-    ns = [r["n"] for r in rows]
-    for key, label in (("simulate_s", "simulate"), ("scan_s", "MADGICS scan"), ("stats_s", "statistics")):
-        cost.plot(ns, [r[key] for r in rows], "o-", label=label)
-    cost.plot(ns, [rows[0]["scan_s"] * n / ns[0] for n in ns], ":", color="0.5", label="linear from the smallest")
-    cost.set(xscale="log", yscale="log", xlabel="spectra", ylabel="wall time (s)",
-             title=f"{args.workers} workers; 1 -> {args.workers} speed-up {speedup:.2f}")
-    cost.legend(fontsize=8)
-    memory.plot(ns, [r["peak_worker_rss_mib"] for r in rows], "o-")
-    memory.set(xscale="log", xlabel="spectra", ylabel="peak worker RSS (MiB)", ylim=(0, None))
-    fig.savefig(args.out / "scale.png", dpi=120)
-    plt.close(fig)
+            summary = write_summary(args.out, rows, single, args.workers)
     print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=1))
 
 
