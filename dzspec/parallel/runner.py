@@ -81,8 +81,8 @@ class RunReport:
             f"{len(self.failed)} failed in {self.seconds:.1f} s; peak worker RSS "
             f"{self.peak_worker_rss_bytes / 2**20:.0f} MiB"
         )
-        for block, error in sorted(self.failed.items())[:10]:
-            text += f"\n  block {block}: {error}"
+        for _, error in sorted(self.failed.items())[:10]:
+            text += f"\n  {error}"  # names the block, its rows and targetids
         return text
 
 
