@@ -78,3 +78,21 @@ def slow_summary_kernel():
     from dzspec.kernels.summary import SUMMARY
 
     return KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)
+
+
+def wait_for_done_blocks(store, results: str, count: int, timeout: float = 240.0) -> int:
+    """Block until ``count`` blocks of a run on ``store`` are done (or ``timeout``); the number done then."""
+    from dzspec.io import store as zstore
+
+    root = zstore.open_root(store)
+    deadline = time.time() + timeout
+    done = 0
+    while time.time() < deadline:
+        try:
+            done = int(zstore.done_blocks(root[results]).sum())
+        except KeyError:  # the results group is still being created
+            done = 0
+        if done >= count:
+            break
+        time.sleep(0.02)
+    return done

@@ -20,7 +20,7 @@ from dzspec.io import store as zstore
 from dzspec.kernels.summary import SUMMARY, spectrum_summary
 from dzspec.parallel.runner import run_kernel
 from dzspec.testing import write_synthetic_store
-from tests.conftest import COARSE_N_SHIFTS, slow_summary_kernel, small_lae_prior
+from tests.conftest import COARSE_N_SHIFTS, slow_summary_kernel, small_lae_prior, wait_for_done_blocks
 from tests.conftest import DESI_GROUP as GROUP
 
 pytestmark = pytest.mark.cluster
@@ -100,19 +100,12 @@ def test_a_worker_killed_mid_run_leaves_the_results_identical(real_cluster, tmp_
     reference = run_kernel(store, SUMMARY, client, results="results/reference", progress=False)
     assert reference.complete
     killed = False
-    root = zstore.open_root(store)
 
     def kill_when_running():
         nonlocal killed
-        while not killed:
-            try:
-                done = int(zstore.done_blocks(root["results/killed"]).sum())
-            except KeyError:
-                done = 0
-            if done >= 2:
-                os.killpg(processes[2].pid, signal.SIGKILL)  # worker w2, mid-run
-                killed = True
-            time.sleep(0.02)
+        if wait_for_done_blocks(store, "results/killed", 2) >= 2:
+            os.killpg(processes[2].pid, signal.SIGKILL)  # worker w2, mid-run
+            killed = True
 
     watcher = threading.Thread(target=kill_when_running, daemon=True)
     watcher.start()

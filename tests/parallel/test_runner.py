@@ -19,7 +19,7 @@ from dzspec.kernels.summary import SUMMARY, spectrum_summary
 from dzspec.parallel.runner import run_kernel
 from dzspec.schema import RUN_STATUS
 from dzspec.testing import write_synthetic_store
-from tests.conftest import slow_summary_kernel
+from tests.conftest import slow_summary_kernel, wait_for_done_blocks
 
 pytestmark = pytest.mark.cluster
 
@@ -134,14 +134,7 @@ def test_sigkill_of_the_client_then_resume_is_bit_identical(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), str(store), "results/killed", "fresh"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     root = zstore.open_root(store)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            if zstore.done_blocks(root["results/killed"]).sum() >= 15:
-                break
-        except KeyError:  # the results group is still being created
-            pass
-        time.sleep(0.05)
+    wait_for_done_blocks(store, "results/killed", 15)
     proc.send_signal(signal.SIGKILL)  # the client (and the scheduler it hosts) dies at once
     proc.wait(timeout=30)
     time.sleep(0.5)
@@ -256,16 +249,9 @@ def test_a_full_disk_stops_the_run_by_name_keeps_only_written_blocks_and_resume_
     store = write_synthetic_store(small_filesystem / "s.zarr", nspectrum=160, nwave=80, chunk_rows=8, seed=12)
     assert run_kernel(store, SUMMARY, client, results="results/reference", progress=False).complete
     filler = small_filesystem / "filler"
-    root = zstore.open_root(store)
 
     def fill_when_running():
-        while True:
-            try:
-                if zstore.done_blocks(root["results/full"]).sum() >= 3:
-                    break
-            except KeyError:  # the results group is still being created
-                pass
-            time.sleep(0.02)
+        wait_for_done_blocks(store, "results/full", 3)
         _fill(filler)  # the disk fills up while blocks are in flight
 
     watcher = threading.Thread(target=fill_when_running, daemon=True)
