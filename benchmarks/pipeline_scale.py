@@ -8,7 +8,7 @@ bytes written. The smallest N is also scanned on one worker, before the larger s
 (goal >= 1.8 on 2 cores; time-shared machines read low). Writes ``summary.json`` and ``scale.png`` (cost and memory against N:
 linear cost means a flat per-spectrum cost) to ``--out``.
 
-Usage (about 20 minutes on 2 cores with the defaults)::
+Usage (about 12 minutes on 2 cores with the defaults; 1 h 45 min with --full)::
 
     OMP_NUM_THREADS=1 python benchmarks/pipeline_scale.py --out bench-scale
 """
