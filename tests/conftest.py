@@ -64,20 +64,45 @@ def small_lae_prior(client, store, *, seed, n=240, n_sky=10, chunk_rows=120, blo
     return sky, lae, loaded, summary
 
 
-def slow_summary(wavelength, flux, ivar, snr_window=None):
+def slow_summary(wavelength, flux, ivar, snr_window=None, *, seconds=0.3):
     """The summary kernel, slowed so that a drill can strike (kill a worker, fill the disk) while blocks still run."""
     from dzspec.kernels.summary import spectrum_summary
 
-    time.sleep(0.3)
+    time.sleep(seconds)
     return spectrum_summary(wavelength, flux, ivar, snr_window=snr_window)
 
 
-def slow_summary_kernel():
-    """:data:`~dzspec.kernels.summary.SUMMARY` with :func:`slow_summary`: same name, version and outputs."""
+def slow_summary_kernel(seconds: float = 0.3):
+    """:data:`~dzspec.kernels.summary.SUMMARY` with :func:`slow_summary` (``seconds`` per block): same name,
+    version and outputs."""
+    from functools import partial
+
     from dzspec.kernels.base import KernelSpec
     from dzspec.kernels.summary import SUMMARY
 
-    return KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)
+    return KernelSpec("summary", partial(slow_summary, seconds=seconds), SUMMARY.inputs, SUMMARY.outputs,
+                      SUMMARY.version, SUMMARY.defaults)
+
+
+def write_lae_pipeline(path: Path, cluster: str, n: int, seed: int, extra_steps: str = "") -> Path:
+    """A ``dzspec run`` config at ``path``: simulate ``n`` DESI spectra into ``survey.zarr`` and scan them on the
+    coarse grid with ``prior.zarr`` beside it; ``cluster`` is the body of its [cluster] table."""
+    path.write_text(f"""
+store = "survey.zarr"
+group = "{DESI_GROUP}"
+[cluster]
+{cluster}
+[[steps]]
+kind = "simulate"
+survey = "desi"
+n = {n}
+seed = {seed}
+[[steps]]
+kind = "lae"
+prior = "prior.zarr"
+params = {{ n_shifts = {COARSE_N_SHIFTS} }}
+{extra_steps}""")
+    return path
 
 
 def wait_for_done_blocks(store, results: str, count: int, timeout: float = 240.0) -> int:

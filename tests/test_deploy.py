@@ -14,8 +14,8 @@ import xarray as xr
 from dzspec.cluster import jobqueue_cluster
 from dzspec.io import store as zstore
 from dzspec.parallel.pipeline import ConfigError, load_config
-from tests.conftest import COARSE_N_SHIFTS, small_lae_prior
 from tests.conftest import DESI_GROUP as GROUP
+from tests.conftest import small_lae_prior, write_lae_pipeline
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
@@ -184,23 +184,7 @@ def test_dzspec_run_end_to_end_and_resume(tmp_path, client, capsys):
     from dzspec.cli import main
 
     small_lae_prior(client, tmp_path / "prior.zarr", seed=41)
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
-store = "survey.zarr"
-group = "{GROUP}"
-[cluster]
-kind = "local"
-workers = 1
-[[steps]]
-kind = "simulate"
-survey = "desi"
-n = 160
-seed = 42
-[[steps]]
-kind = "lae"
-prior = "prior.zarr"
-params = {{ n_shifts = {COARSE_N_SHIFTS} }}
-[[steps]]
+    config = write_lae_pipeline(tmp_path / "run.toml", 'kind = "local"\nworkers = 1', 160, 42, f"""[[steps]]
 kind = "stats"
 results = "results/{GROUP}/madgics_lae"
 score = "lae_abs_dchi2_cal"

@@ -20,8 +20,8 @@ from dzspec.io import store as zstore
 from dzspec.kernels.summary import SUMMARY, spectrum_summary
 from dzspec.parallel.runner import run_kernel
 from dzspec.testing import write_synthetic_store
-from tests.conftest import COARSE_N_SHIFTS, slow_summary_kernel, small_lae_prior, wait_for_done_blocks
 from tests.conftest import DESI_GROUP as GROUP
+from tests.conftest import slow_summary_kernel, small_lae_prior, wait_for_done_blocks, write_lae_pipeline
 
 pytestmark = pytest.mark.cluster
 
@@ -69,23 +69,7 @@ def test_pipeline_runs_by_address(real_cluster, capsys):
     folder, scheduler_file, client, _ = real_cluster
     prior_store = folder / "prior.zarr"
     small_lae_prior(client, prior_store, seed=51)
-    config = folder / "run.toml"
-    config.write_text(f"""
-store = "survey.zarr"
-group = "{GROUP}"
-[cluster]
-kind = "address"
-address = "{scheduler_file}"
-[[steps]]
-kind = "simulate"
-survey = "desi"
-n = 120
-seed = 52
-[[steps]]
-kind = "lae"
-prior = "prior.zarr"
-params = {{ n_shifts = {COARSE_N_SHIFTS} }}
-""")
+    config = write_lae_pipeline(folder / "run.toml", f'kind = "address"\naddress = "{scheduler_file}"', 120, 52)
     assert main(["run", str(config), "--overwrite", "--no-progress"]) == 0
     assert "step 2/2: lae" in capsys.readouterr().out
     results = zstore.open_results(folder / "survey.zarr", f"results/{GROUP}/madgics_lae")

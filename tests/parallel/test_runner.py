@@ -99,18 +99,12 @@ def test_existing_results_need_resume_or_overwrite(store, client):
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys, time
-    import numpy as np
+    import sys
     from dzspec.cluster import make_client
-    from dzspec.kernels.base import KernelSpec
-    from dzspec.kernels.summary import SUMMARY, spectrum_summary
     from dzspec.parallel.runner import run_kernel
+    from tests.conftest import slow_summary_kernel
 
-    def slow_summary(wavelength, flux, ivar, snr_window=None):
-        time.sleep(0.15)
-        return spectrum_summary(wavelength, flux, ivar, snr_window=snr_window)
-
-    SLOW = KernelSpec("summary", slow_summary, SUMMARY.inputs, SUMMARY.outputs, SUMMARY.version, SUMMARY.defaults)
+    SLOW = slow_summary_kernel(0.15)
     if __name__ == "__main__":
         store, results, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
         with make_client(n_workers=2, dashboard_address=None) as client:
