@@ -5,8 +5,8 @@ DESI-like store is simulated and scanned with one MADGICS prior (built once from
 50 + 2 vectors on U25's grid), one exposure per target and 512-spectrum chunks (each a scan block), then reduced by
 ``survey_report``. Per N: wall time of each stage, spectra per second per core of the scan, peak worker RSS and
 bytes written. The smallest N is also scanned on one worker, before the larger sizes, for the 1 -> 2 worker speed-up
-(goal >= 1.8 on 2 cores; time-shared machines read low). Writes ``summary.json`` and ``scale.png`` (cost and memory against N:
-linear cost means a flat per-spectrum cost) to ``--out``.
+(goal >= 1.8 on 2 cores; time-shared machines read low). Writes ``summary.json`` and ``scale.png`` (cost and
+memory against N: linear cost means a flat per-spectrum cost) to ``--out``.
 
 Usage (about 12 minutes on 2 cores with the defaults; 1 h 45 min with --full)::
 
