@@ -74,7 +74,7 @@ def scan_many(client, flux: np.ndarray, ivar: np.ndarray, prior: LAEPrior, chunk
     futures = [client.submit(scan_lae, flux[s: s + chunk], ivar[s: s + chunk], prior_future, pure=False)
                for s in range(0, flux.shape[0], chunk)]
     parts = client.gather(futures)
-    return {name: np.concatenate([getattr(p, name) for p in parts]) for name in ("z", "z_unc", "dchi2")}
+    return {name: np.concatenate([getattr(p, name) for p in parts]) for name in ("z", "zerr", "dchi2")}
 
 
 def injection_set(client, label: str, background: np.ndarray, ivar: np.ndarray, prior: LAEPrior,
@@ -118,10 +118,10 @@ def injection_set(client, label: str, background: np.ndarray, ivar: np.ndarray, 
             s = calibration_factor(result["dchi2"], snr)
             out["s"] = s
             out["high_snr_recovered"] = float(correct.mean())
-            out["zscore_sigma_high_snr"] = zscore_sigma(result["z"], z, s * result["z_unc"])
-            out["zscore_sigma_range"] = zscore_sigma(range_result["z"], range_z, s * range_result["z_unc"])
-            good = (np.abs(range_result["z"] - range_z) <= 0.005) & np.isfinite(range_result["z_unc"])
-            out["zscores"] = (range_result["z"] - range_z)[good] / (s * range_result["z_unc"][good])
+            out["zscore_sigma_high_snr"] = zscore_sigma(result["z"], z, s * result["zerr"])
+            out["zscore_sigma_range"] = zscore_sigma(range_result["z"], range_z, s * range_result["zerr"])
+            good = (np.abs(range_result["z"] - range_z) <= 0.005) & np.isfinite(range_result["zerr"])
+            out["zscores"] = (range_result["z"] - range_z)[good] / (s * range_result["zerr"][good])
     print(f"{label}: 50% recovered at SNR {out['snr_50']}, all at {out['snr_all']} (with dλ in Å: "
           f"{out['snr_50_integral_in_angstrom']}, {out['snr_all_integral_in_angstrom']}); s = {out['s']:.3f}; "
           f"z-score sigma {out['zscore_sigma_high_snr']:.3f} (SNR 100), {out['zscore_sigma_range']:.3f} (range)",
@@ -240,7 +240,7 @@ def main() -> None:
     z_true = spectra.z_true.values[test]
     z_fit = results.z.values[test]
     score = results.lae_abs_dchi2_cal.values[test]
-    warn = results.lae_warn.values[test]
+    warn = results.zwarn.values[test]
     correct = is_lae & (np.abs(z_fit - z_true) < 0.005)
     thresholds = np.logspace(0, 3, 61)
     rules = {"scan alone (U25)": np.ones(test.size, dtype=bool),

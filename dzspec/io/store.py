@@ -38,6 +38,7 @@ from zarr.codecs import BloscCodec
 
 from dzspec._version import __version__
 from dzspec.errors import SchemaError, StoreError
+from dzspec.results_schema import CANDIDATE_DIM, FIELDS, ZNote, output_specs, upgrade_names
 from dzspec.schema import RUN_STATUS, SCHEMA_VERSION, SPECTRUM_COORDS, flag_attrs
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "read_rows",
     "run_lock",
     "spectra_groups",
+    "upgrade_results",
 ]
 
 #: Byte budget of one flux chunk; 64 MiB gives 2048 DESI or 4096 MUSE spectra per chunk.
@@ -190,9 +192,38 @@ def open_spectra(path: str | PathLike[str], group: str | None = None) -> xr.Data
 
 
 def open_results(path: str | PathLike[str], results: str) -> xr.Dataset:
-    """Open a results group (``results/<grid>/<kernel>``) lazily as an xarray Dataset."""
+    """Open a results group (``results/<grid>/<kernel>``) lazily as an xarray Dataset, in today's vocabulary.
+
+    Results written before :mod:`dzspec.results_schema` open under its names: renamed variables and dimensions
+    (:func:`~dzspec.results_schema.upgrade_names`), the LAE scan's ``z_coarse`` + ``z_alt`` as ``candidate_z`` (and
+    their Δχ² as ``candidate_lae_dchi2``), and the NMF ``zwarn`` bit 12 as ``znote`` NEGATIVE_MEDIAN_FLUX.
+    """
     open_root(path)
-    return xr.open_zarr(str(path), group=results, consolidated=False)
+    ds = xr.open_zarr(str(path), group=results, consolidated=False)
+    return upgrade_results(ds, str(ds.attrs.get("kernel", results.rstrip("/").split("/")[-1])))
+
+
+def upgrade_results(ds: xr.Dataset, engine: str) -> xr.Dataset:
+    """``ds`` (results of ``engine``) in today's vocabulary; unchanged when it already is (lazy, nothing computed)."""
+    variables, dims = upgrade_names(engine, ds.data_vars)
+    ds = ds.rename_dims(dims).rename_vars(variables) if variables else ds
+    if engine == "madgics_lae" and "candidate_z" not in ds and {"z_coarse", "z_alt"} <= set(ds.data_vars):
+        for new, first, rest in (("candidate_z", "z_coarse", "z_alt"),
+                                 ("candidate_lae_dchi2", "lae_dchi2_coarse", "lae_dchi2_alt")):
+            stacked = xr.concat([ds[first].expand_dims(alternative=1), ds[rest]], dim="alternative")
+            ds[new] = stacked.transpose("spectrum", "alternative").rename(alternative=CANDIDATE_DIM)
+            ds[new].attrs = FIELDS[new].attrs()
+        ds = ds.drop_vars(["z_coarse", "z_alt", "lae_dchi2_coarse", "lae_dchi2_alt"])
+        ds["deltachi2"] = ds["candidate_lae_dchi2"][:, 1] - ds["candidate_lae_dchi2"][:, 0]
+        ds["deltachi2"].attrs = FIELDS["deltachi2"].attrs()
+    if engine == "nmf_zfind" and "zwarn" in ds and "znote" not in ds:  # bit 12 was NEGATIVE_MEDIAN_FLUX
+        old_bit = np.uint32(1 << 12)
+        ds["znote"] = xr.where((ds["zwarn"] & old_bit) != 0, np.uint32(ZNote.NEGATIVE_MEDIAN_FLUX), np.uint32(0))
+        ds["znote"].attrs = FIELDS["znote"].attrs()
+        attrs = ds["zwarn"].attrs
+        ds["zwarn"] = ds["zwarn"] & ~old_bit
+        ds["zwarn"].attrs = {**attrs, **output_specs(engine, ["zwarn"])["zwarn"].attrs}
+    return ds
 
 
 # ------------------------------------------------------------------------------------ spectra groups

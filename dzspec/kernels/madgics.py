@@ -28,13 +28,14 @@ reference redshift ``z_ref`` (U25: 2.45, Lya at 4194 Å); shift ``p`` (in pixels
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
 import scipy.linalg
 from scipy.interpolate import make_interp_spline
+
+from dzspec.results_schema import LAEWarn
 
 __all__ = [
     "LAE_GRID_DELTA",
@@ -71,19 +72,6 @@ def madgics_rescale_y(wavelength: np.ndarray) -> np.ndarray:
     for coeff in _RESCALE_COEFFS:
         y = y * ell + coeff
     return y
-
-
-class LAEWarn(enum.IntFlag):
-    """``lae_warn`` bits of the LAE scan."""
-
-    NODATA = 1 << 0  #: no pixel with data: outputs NaN
-    EDGE = 1 << 1  #: the coarse best is the first or last shift, or the fine minimum is at the fine grid's edge
-    BAD_CURVATURE = 1 << 2  #: the fine dchi2 is not convex around its minimum: z_unc = NaN
-    NO_SIGNAL = 1 << 3  #: the best dchi2 is 0: the LAE component is nowhere supported by data
-    SKY_SINGULAR = 1 << 4  #: I + V_skyᵀ W V_sky is not positive definite (cannot happen in exact arithmetic)
-    LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.kernels.lae_interlopers`)
-    LOWZ_LINES = 1 << 6  #: companion lines of a low-z reading of the line ([O II], H-beta, [O III] 5007)
-    NO_LINE = 1 << 7  #: no line on the native pixels at the Lya wavelength (a continuum step or junction fitted)
 
 
 @dataclass(frozen=True)
@@ -183,7 +171,7 @@ class LAEScan:
     """Per-spectrum results of :func:`scan_lae` (arrays over the leading spectrum axis)."""
 
     z: np.ndarray  #: fine-scan best redshift
-    z_unc: np.ndarray  #: from the curvature of dchi2/2, times the calibration factor s
+    zerr: np.ndarray  #: from the curvature of dchi2/2, times the calibration factor s
     dchi2: np.ndarray  #: signed dchi2 at the fine best (<= 0), uncalibrated
     abs_dchi2_cal: np.ndarray  #: |dchi2| / s²
     z_coarse: np.ndarray
@@ -314,7 +302,7 @@ def scan_lae(
     fine_half_width
         The fine scan covers ± this many pixels around the coarse best in 0.1-pixel steps (U25: 5).
     calibration
-        The factor ``s`` of U25 §4.2.3: ``z_unc`` is multiplied by it and ``|dchi2|`` divided by its square.
+        The factor ``s`` of U25 §4.2.3: ``zerr`` is multiplied by it and ``|dchi2|`` divided by its square.
     exclusion
         Alternatives are the next-lowest local minima more than this many coarse pixels from better ones.
     return_curve, return_components
@@ -344,7 +332,7 @@ def scan_lae(
     if shifts.size < 3 or np.any(np.diff(shifts) != 1):
         raise ValueError("shifts must be at least 3 consecutive increasing integers")
     margin = -(-fine_steps // 10) + _PAD  # segment rows beyond the coarse windows that the fine scan reaches
-    out = {name: np.full(nspec, np.nan) for name in ("z", "z_unc", "dchi2", "z_coarse", "dchi2_coarse", "chi2_null")}
+    out = {name: np.full(nspec, np.nan) for name in ("z", "zerr", "dchi2", "z_coarse", "dchi2_coarse", "chi2_null")}
     z_alt, dchi2_alt = np.full((nspec, 2), np.nan), np.full((nspec, 2), np.nan)
     amplitude = np.full((nspec, k), np.nan)
     warn = np.zeros(nspec, dtype=np.int32)
@@ -384,14 +372,14 @@ def scan_lae(
             curvature = (fine[top - 5] - 2 * fine[top] + fine[top + 5]) / 2
             if curvature > 0:
                 sigma_pixels = 0.5 / np.sqrt(curvature)
-                out["z_unc"][row] = calibration * (1 + out["z"][row]) * prior.delta * np.log(10) * sigma_pixels
+                out["zerr"][row] = calibration * (1 + out["z"][row]) * prior.delta * np.log(10) * sigma_pixels
             else:
                 warn[row] |= LAEWarn.BAD_CURVATURE
         if components is not None:
             sky, lae = _posterior_means(prior, weight, data, positions[top], chol, alphas[top])
             components["sky"][row], components["lae"][row] = sky, lae
             components["res"][row] = flux[row] - sky - lae
-    return LAEScan(z=out["z"], z_unc=out["z_unc"], dchi2=out["dchi2"],
+    return LAEScan(z=out["z"], zerr=out["zerr"], dchi2=out["dchi2"],
                    abs_dchi2_cal=np.abs(out["dchi2"]) / calibration**2, z_coarse=out["z_coarse"],
                    dchi2_coarse=out["dchi2_coarse"], z_alt=z_alt, dchi2_alt=dchi2_alt, chi2_null=out["chi2_null"],
                    lae_amplitude=amplitude, warn=warn, dchi2_curve=curves, components=components)

@@ -35,7 +35,7 @@ from dzspec.io.priors import LoadedPrior, load_lae_prior, save_lae_prior
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.lae_injection import lae_template
 from dzspec.kernels.lae_interlopers import LOWZ_HYPOTHESES, interloper_tests
-from dzspec.kernels.madgics import LAEPrior, LAEWarn, lae_line_flux, scan_lae, sky_component
+from dzspec.kernels.madgics import LAEPrior, lae_line_flux, scan_lae, sky_component
 from dzspec.kernels.madgics_priors import (
     LAE_GRID,
     LAE_WINDOW,
@@ -53,7 +53,7 @@ from dzspec.kernels.madgics_priors import (
 )
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.runner import RunReport, run_kernel
-from dzspec.schema import flag_attrs
+from dzspec.results_schema import CANDIDATE_DIM, output_specs
 
 __all__ = ["LAE_SCAN", "build_lae_prior", "prior_rows", "run_lae"]
 
@@ -274,50 +274,37 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
     tests = interloper_tests(wavelength, np.asarray(flux, np.float64), np.asarray(ivar, np.float64), result.z,
                              line_flux)
     warn = result.warn.astype(np.uint32) | tests.warn(ew_min, continuum_snr, lowz_max, line_snr_min)
-    return {"z": result.z, "z_unc": result.z_unc, "lae_dchi2": result.dchi2, "lae_abs_dchi2_cal": result.abs_dchi2_cal,
-            "z_coarse": result.z_coarse, "lae_dchi2_coarse": result.dchi2_coarse, "z_alt": result.z_alt,
-            "lae_dchi2_alt": result.dchi2_alt, "chi2_null": result.chi2_null,
+    # candidate 0 is the coarse best, then the coarse alternatives (the vocabulary's one candidate dimension)
+    candidate_z = np.column_stack([result.z_coarse, result.z_alt])
+    candidate_dchi2 = np.column_stack([result.dchi2_coarse, result.dchi2_alt])
+    return {"z": result.z, "zerr": result.zerr, "deltachi2": candidate_dchi2[:, 1] - candidate_dchi2[:, 0],
+            "lae_dchi2": result.dchi2, "lae_abs_dchi2_cal": result.abs_dchi2_cal, "candidate_z": candidate_z,
+            "candidate_lae_dchi2": candidate_dchi2, "chi2_null": result.chi2_null,
             "lae_amplitude": result.lae_amplitude, "lae_line_flux": line_flux, "lae_continuum": tests.continuum,
             "lae_continuum_err": tests.continuum_err, "lae_ew_rest": tests.ew_rest, "lowz_score": tests.lowz_score,
-            "lowz_hypothesis": tests.hypothesis, "lae_line_snr": tests.line_snr, "lae_warn": warn}
+            "lowz_hypothesis": tests.hypothesis, "lae_line_snr": tests.line_snr, "zwarn": warn}
 
 
 def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
     s = float(params["calibration"])
-    return {
-        "z": OutputSpec("float64", attrs={"description": "best redshift of the fine scan (0.1 pixel)"}),
-        "z_unc": OutputSpec("float64", attrs={"description": f"(1+z) delta ln10 sigma_p from the curvature of "
-                                                             f"dchi2/2 at +-0.5 px, times s = {s}"}),
-        "lae_dchi2": OutputSpec("float64", attrs={"description": "chi2(sky+LAE+res) - chi2(sky+res) at z (<= 0)"}),
-        "lae_abs_dchi2_cal": OutputSpec("float64", attrs={"description": f"|lae_dchi2| / s^2, s = {s}"}),
-        "z_coarse": OutputSpec("float64", attrs={"description": "best one-pixel shift"}),
-        "lae_dchi2_coarse": OutputSpec("float64"),
-        "z_alt": OutputSpec("float64", ("alternative",), (2,), attrs={
-            "description": "2nd and 3rd lowest local minima of the coarse dchi2, "
-                           f"more than {params['exclusion']} px from better ones"}),
-        "lae_dchi2_alt": OutputSpec("float64", ("alternative",), (2,)),
-        "chi2_null": OutputSpec("float64", attrs={"description": "chi2(sky+res), the baseline of lae_dchi2"}),
-        "lae_amplitude": OutputSpec("float32", ("lae_vector",), (int(params["n_lae"]),)),
-        "lae_line_flux": OutputSpec("float32", attrs={
-            "description": "integral of the posterior LAE component at z (flux unit x Angstrom)"}),
-        "lae_continuum": OutputSpec("float32", attrs={
-            "description": "clipped inverse-variance mean flux density at rest 1250-1500 A (Lya reading)"}),
-        "lae_continuum_err": OutputSpec("float32"),
-        "lae_ew_rest": OutputSpec("float32", attrs={
-            "description": "lae_line_flux / (lae_continuum (1+z)); inf where the continuum is <= 0"}),
-        "lowz_score": OutputSpec("float32", attrs={
-            "description": "largest companion-line chi-square of a low-z reading of the line "
-                           f"({', '.join(LOWZ_HYPOTHESES)})"}),
-        "lowz_hypothesis": OutputSpec("int8", fill=-1, attrs={
-            "description": "index of that reading", "flag_meanings": " ".join(LOWZ_HYPOTHESES)}),
-        "lae_line_snr": OutputSpec("float32", attrs={
-            "description": "S/N of a 200 km/s Gaussian at the Lya wavelength on the native pixels"}),
-        "lae_warn": OutputSpec("uint32", fill=0, attrs={
-            **flag_attrs(LAEWarn), "interloper_cuts": f"LOW_EW: continuum > {params['continuum_snr']} sigma and "
-                                                      f"EW_rest < {params['ew_min']} A; LOWZ_LINES: lowz_score > "
-                                                      f"{params['lowz_max']}; NO_LINE: lae_line_snr < "
-                                                      f"{params['line_snr_min']}"}),
+    names = ["z", "zerr", "deltachi2", "lae_dchi2", "lae_abs_dchi2_cal", "candidate_z", "candidate_lae_dchi2",
+             "chi2_null", "lae_amplitude", "lae_line_flux", "lae_continuum", "lae_continuum_err", "lae_ew_rest",
+             "lowz_score", "lowz_hypothesis", "lae_line_snr", "zwarn"]
+    extra = {
+        "z": {"description": "best redshift of the fine scan (0.1 pixel)"},
+        "zerr": {"description": f"(1+z) delta ln10 sigma_p from the curvature of dchi2/2 at +-0.5 px, times s = {s}"},
+        "deltachi2": {"description": "lae_dchi2 of the second coarse candidate minus that of the first (both coarse, "
+                                     f"candidates more than {params['exclusion']} px apart)"},
+        "lae_abs_dchi2_cal": {"calibration": s},
+        "candidate_z": {"description": "the coarse best, then the 2nd and 3rd lowest local minima of the coarse "
+                                       f"dchi2, more than {params['exclusion']} px from better ones"},
+        "lowz_score": {"hypotheses": ", ".join(LOWZ_HYPOTHESES)},
+        "lowz_hypothesis": {"flag_meanings": " ".join(LOWZ_HYPOTHESES)},
+        "zwarn": {"interloper_cuts": f"LOW_EW: continuum > {params['continuum_snr']} sigma and EW_rest < "
+                                     f"{params['ew_min']} A; LOWZ_LINES: lowz_score > {params['lowz_max']}; NO_LINE: "
+                                     f"lae_line_snr < {params['line_snr_min']}"},
     }
+    return output_specs("madgics_lae", names, {CANDIDATE_DIM: 3, "lae_vector": int(params["n_lae"])}, extra)
 
 
 #: The MADGICS LAE scan as the runner sees it.
@@ -326,7 +313,7 @@ LAE_SCAN = KernelSpec(
     func=_lae_scan_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="3",
+    version="4",
     defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
               "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0},
 )
@@ -339,7 +326,7 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
     ``params`` override :data:`LAE_SCAN`'s defaults (``z_min``, ``n_shifts``, ``fine_half_width``, ``calibration``
     (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max``, ``line_snr_min`` of
     :mod:`dzspec.kernels.lae_interlopers`); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
-    :func:`~dzspec.kernels.lae_interlopers.select_lae` of ``lae_abs_dchi2_cal`` and ``lae_warn`` classifies.
+    :func:`~dzspec.kernels.lae_interlopers.select_lae` of ``lae_abs_dchi2_cal`` and ``zwarn`` classifies.
     """
     prior_store = str(Path(prior_store).resolve())
     loaded = load_lae_prior(prior_store, prior_name)

@@ -29,7 +29,7 @@ def plot_recovery(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     for label, scores in zscores.items():
         right.hist(np.clip(scores, -5, 5), bins=bins, density=True, histtype="step", label=label)
     right.plot(bins, np.exp(-bins**2 / 2) / np.sqrt(2 * np.pi), "k--", lw=0.8, label="unit normal")
-    right.set(xlabel="(z_fit - z_true) / z_unc (calibrated)", ylabel="density", title="z-scores")
+    right.set(xlabel="(z_fit - z_true) / zerr (calibrated)", ylabel="density", title="z-scores")
     right.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)

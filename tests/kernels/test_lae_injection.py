@@ -45,7 +45,7 @@ def test_white_noise_injections_are_calibrated_with_a_matching_prior():
         np.testing.assert_allclose(injection_snr(eta, sigma, np.sum(TEMPLATE**2)), snr)
         assert calibration_factor(np.abs(result.dchi2), snr) == pytest.approx(1.0, abs=0.05)
         if tolerance:
-            assert zscore_sigma(result.z, prior.redshift_of(shift), result.z_unc) == pytest.approx(1.0, abs=tolerance)
+            assert zscore_sigma(result.z, prior.redshift_of(shift), result.zerr) == pytest.approx(1.0, abs=tolerance)
 
 
 def test_recovery_bins_and_robust_sigma():

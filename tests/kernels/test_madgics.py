@@ -135,7 +135,7 @@ def test_calibration_scales_uncertainty_and_significance():
     flux, ivar = spectra(prior, 2, seed=5)
     plain = scan_lae(flux, ivar, prior, shifts=np.arange(-200, 1100))
     scaled = scan_lae(flux, ivar, prior, shifts=np.arange(-200, 1100), calibration=2.0)
-    np.testing.assert_allclose(scaled.z_unc, 2 * plain.z_unc)
+    np.testing.assert_allclose(scaled.zerr, 2 * plain.zerr)
     np.testing.assert_allclose(scaled.abs_dchi2_cal, np.abs(plain.dchi2) / 4)
     np.testing.assert_array_equal(scaled.z, plain.z)
 
@@ -169,6 +169,6 @@ def test_uncertainties_are_calibrated_in_white_noise():
     result = scan_lae(flux, np.full((count, n), 1 / sigma**2), prior, shifts=np.arange(0, 700))
     found = np.abs(prior.shift_of(result.z) - true_shift) < 3
     assert found.mean() > 0.98
-    scores = ((result.z - prior.redshift_of(true_shift)) / result.z_unc)[found & np.isfinite(result.z_unc)]
+    scores = ((result.z - prior.redshift_of(true_shift)) / result.zerr)[found & np.isfinite(result.zerr)]
     q75, q25 = np.percentile(scores, [75, 25])
     assert 0.85 < (q75 - q25) / 1.34896 < 1.15

@@ -107,7 +107,7 @@ def test_lae_scan_through_the_runner(desi, client):
     np.testing.assert_allclose(results.lae_line_flux.values[rows], line_flux, rtol=1e-6)
     np.testing.assert_allclose(results.lae_ew_rest.values[rows], tests.ew_rest, rtol=1e-6)
     np.testing.assert_allclose(results.lowz_score.values[rows], tests.lowz_score, rtol=1e-6)
-    np.testing.assert_array_equal(results.lae_warn.values[rows], direct.warn.astype(np.uint32) | tests.warn())
+    np.testing.assert_array_equal(results.zwarn.values[rows], direct.warn.astype(np.uint32) | tests.warn())
     # bright LAEs are found (a coarse grid: 4x U25's pixel)
     names = spectra.sim_class.attrs["flag_meanings"].split()
     bright = np.isin(spectra.sim_class.values, [names.index("lae"), names.index("lae_double_peak")]) & (
@@ -119,9 +119,9 @@ def test_lae_scan_through_the_runner(desi, client):
     # the interloper flags spare the LAEs found and reject most detected [O II] emitters and galaxies (on this
     # coarse grid; benchmarks/lae_acceptance.py measures it on U25's)
     detected = np.abs(results.lae_dchi2.values) > 25
-    selected = select_lae(np.abs(results.lae_dchi2.values), results.lae_warn.values)
+    selected = select_lae(np.abs(results.lae_dchi2.values), results.zwarn.values)
     found = np.flatnonzero(bright)[error < 0.005]
-    assert (results.lae_warn.values[found] & INTERLOPER_BITS).astype(bool).mean() < 0.05
+    assert (results.zwarn.values[found] & INTERLOPER_BITS).astype(bool).mean() < 0.05
     for name in ("oii_interloper", "galaxy"):
         members = (spectra.sim_class.values == names.index(name)) & detected
         assert members.sum() >= 20 and selected[members].mean() < 0.3, name
@@ -160,5 +160,5 @@ def test_cli_priors_then_lae_on_the_u25_grid(tmp_path, client, capsys):
     assert "2 already done, 0 computed" in capsys.readouterr().out
     results = zstore.open_results(store, f"results/{GROUP}/madgics_lae").compute()
     np.testing.assert_allclose(results.lae_abs_dchi2_cal, np.abs(results.lae_dchi2) / 4)
-    assert "EW_rest < 20.0" in results.lae_warn.attrs["interloper_cuts"]
+    assert "EW_rest < 20.0" in results.zwarn.attrs["interloper_cuts"]
     assert results.sizes["spectrum"] == 240 and np.isfinite(results.z).all()
