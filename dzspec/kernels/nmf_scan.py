@@ -47,9 +47,11 @@ __all__ = [
     "PreparedBasis",
     "ScanResult",
     "chi2_metrics",
+    "delta_chi2",
     "gram_projections",
     "nnls_gram",
     "nnls_gram_batch",
+    "nuisance_vectors",
     "prepare_basis",
     "reference_scan",
     "scan_block",
@@ -67,6 +69,9 @@ _PIVOT_REL = 1e-13
 #: recomputed by FFTs restricted to the pixels those lags' windows cover (round-off relative to the row's size
 #: *there*), halving the set of lags while some stay weak, and by direct sums for the last few (:func:`_refine_row`).
 _WEAK_REL = 1e-6
+#: A basis row whose Gram on a window drops below this fraction once the nuisance terms are projected out (METHODS
+#: §5.7) is, there, a combination of the nuisance vectors: its reduced Gram is round-off and the row is dropped.
+_SCHUR_REL = 1e-9
 #: Lags (per row and group) at or below which the weak-row refinement sums directly instead of by FFT.
 _DIRECT_LAGS = 24
 #: Halvings of a group of weak lags before the remaining ones are summed directly.
@@ -489,40 +494,57 @@ def gram_projections(
     """
     f, w = _clean(flux, weights)
     f, w = f[0], w[0]
-    return _at_lags(prepared, _correlate(prepared, f, w), f, w, lags)
+    gp, b, c = _at_lags(prepared, _correlate(prepared, f, w), f, w, lags)
+    return gp, np.ascontiguousarray(b[:, :, 0]), c
 
 
-def _correlate(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The FFT cross-correlations of one (clean) spectrum with every pair product and basis row, at all lags."""
+def _correlate(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
+    """The FFT cross-correlations of one (clean) spectrum with every pair product and basis row, at all lags.
+
+    Rows: the ``npair`` pair products against ``w``, then ``k`` rows per right-hand side (``w f``, then ``w p_j`` for
+    each nuisance vector ``p_j``, METHODS §5.7).
+    """
     if f.shape[0] != prepared.n_obs:
         raise ValueError(f"spectrum has {f.shape[0]} pixels, the prepared basis expects {prepared.n_obs}")
-    length = prepared.fft_len
+    length, npair, k = prepared.fft_len, prepared.fft_hh.shape[0], prepared.k
+    rhs = _right_hand_sides(f, w, nuisance)
     fw = scipy.fft.rfft(w, n=length, workers=1)
-    ffw = scipy.fft.rfft(w * f, n=length, workers=1)
-    spec = np.empty((prepared.fft_hh.shape[0] + prepared.k, fw.shape[0]), dtype=np.complex128)
-    np.multiply(prepared.fft_hh, np.conj(fw), out=spec[: prepared.fft_hh.shape[0]])
-    np.multiply(prepared.fft_h, np.conj(ffw), out=spec[prepared.fft_hh.shape[0] :])
+    frhs = np.conj(scipy.fft.rfft(rhs, n=length, axis=-1, workers=1))
+    spec = np.empty((npair + k * rhs.shape[0], fw.shape[0]), dtype=np.complex128)
+    np.multiply(prepared.fft_hh, np.conj(fw), out=spec[:npair])
+    for r in range(rhs.shape[0]):
+        np.multiply(prepared.fft_h, frhs[r], out=spec[npair + r * k : npair + (r + 1) * k])
     return scipy.fft.irfft(spec, n=length, axis=-1, workers=1, overwrite_x=True)
 
 
-def _at_lags(prepared: PreparedBasis, corr: np.ndarray, f: np.ndarray, w: np.ndarray,
-             lags: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Packed Grams and projections at ``lags`` from :func:`_correlate`'s output (spikes and weak rows exact)."""
+def _right_hand_sides(f: np.ndarray, w: np.ndarray, nuisance: np.ndarray | None) -> np.ndarray:
+    """``(1 + m, n_obs)``: ``w f``, then ``w p_j`` for the ``m`` nuisance vectors."""
+    if nuisance is None:
+        return (w * f)[None]
+    return np.vstack([w * f, w * np.asarray(nuisance, dtype=np.float64)])
+
+
+def _at_lags(prepared: PreparedBasis, corr: np.ndarray, f: np.ndarray, w: np.ndarray, lags: np.ndarray,
+             nuisance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Packed Grams ``(nlag, npair)``, projections ``(nlag, k, 1 + m)`` and ``c`` at ``lags`` from
+    :func:`_correlate`'s output (spikes and weak rows exact). Projection ``[..., 0]`` is ``b``, ``[..., 1 + j]`` the
+    cross-Gram ``G_HP`` with nuisance vector ``j``."""
     lags = np.asarray(lags, dtype=np.int64)
     valid = (lags > -prepared.n_obs) & (lags < prepared.n_rest)
-    cols = np.take(corr, np.mod(lags, prepared.fft_len), axis=1).T  # (nlag, npair + k)
+    cols = np.take(corr, np.mod(lags, prepared.fft_len), axis=1).T  # (nlag, npair + k (1 + m))
     cols[~valid] = 0.0
-    npair = prepared.fft_hh.shape[0]
+    npair, k = prepared.fft_hh.shape[0], prepared.k
+    rhs = _right_hand_sides(f, w, nuisance)
     gp = np.ascontiguousarray(cols[:, :npair])
-    b = np.ascontiguousarray(cols[:, npair:])
-    _add_spikes(prepared.basis, prepared.spike_pixels, w, w * f, lags, gp, b, prepared.pair_a, prepared.pair_b,
+    b = np.ascontiguousarray(cols[:, npair:].reshape(lags.size, rhs.shape[0], k).transpose(0, 2, 1))
+    _add_spikes(prepared.basis, prepared.spike_pixels, w, rhs, lags, gp, b, prepared.pair_a, prepared.pair_b,
                 prepared.n_obs)
-    _refine_weak(prepared, w, w * f, lags, gp, b)
+    _refine_weak(prepared, w, rhs, lags, gp, b)
     return gp, b, float(np.sum(w * f * f))
 
 
 @njit(cache=True)
-def _add_spikes(h, spikes, w, wf, lags, gp, b, pa, pb, n_obs):  # pragma: no cover - compiled
+def _add_spikes(h, spikes, w, rhs, lags, gp, b, pa, pb, n_obs):  # pragma: no cover - compiled
     """Add the direct sums over the spike pixels (left out of the FFTs) to the Grams and projections."""
     for i in range(lags.shape[0]):
         s = lags[i]
@@ -533,12 +555,14 @@ def _add_spikes(h, spikes, w, wf, lags, gp, b, pa, pb, n_obs):  # pragma: no cov
             for q in range(pa.shape[0]):
                 gp[i, q] += w[j] * h[pa[q], p] * h[pb[q], p]
             for a in range(h.shape[0]):
-                b[i, a] += wf[j] * h[a, p]
+                for r in range(rhs.shape[0]):
+                    b[i, a, r] += rhs[r, j] * h[a, p]
 
 
-def _refine_weak(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, lags: np.ndarray, gp: np.ndarray,
+def _refine_weak(prepared: PreparedBasis, w: np.ndarray, rhs: np.ndarray, lags: np.ndarray, gp: np.ndarray,
                  b: np.ndarray) -> None:
-    """Recompute, in place, the Gram rows and projections of basis rows that are weakly supported at some lags."""
+    """Recompute, in place, the Gram rows and projections (``b``: nlag x k x right-hand sides ``rhs``) of basis rows
+    that are weakly supported at some lags."""
     diag = np.diagonal(prepared.pair_index)
     weak = gp[:, diag] < _WEAK_REL * prepared.hh_norm[diag] * np.linalg.norm(w)
     weak &= (lags > -prepared.n_obs)[:, None] & (lags < prepared.n_rest)[:, None]
@@ -548,10 +572,10 @@ def _refine_weak(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, lags: n
         idx = idx[np.argsort(lags[idx], kind="stable")]
         # lags further apart than a window share no pixel: refine such groups separately
         for group in np.split(idx, np.flatnonzero(np.diff(lags[idx]) > prepared.n_obs) + 1):
-            _refine_row(prepared, w, wf, int(a), group, lags, gp, b, 0, spectrum_ffts)
+            _refine_row(prepared, w, rhs, int(a), group, lags, gp, b, 0, spectrum_ffts)
 
 
-def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, idx: np.ndarray, lags: np.ndarray,
+def _refine_row(prepared: PreparedBasis, w: np.ndarray, rhs: np.ndarray, a: int, idx: np.ndarray, lags: np.ndarray,
                 gp: np.ndarray, b: np.ndarray, halvings: int,
                 spectrum_ffts: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """Gram row ``a`` and ``b_a`` at ``lags[idx]`` (sorted) from FFTs over only the pixels these windows cover.
@@ -563,8 +587,8 @@ def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, 
     pairs = prepared.pair_index[a]
     sub = lags[idx]
     if idx.size <= _DIRECT_LAGS or halvings >= _MAX_HALVINGS:
-        g_rows, b_rows = np.zeros((idx.size, k)), np.zeros(idx.size)
-        _direct_row(prepared.basis, w, wf, a, sub, prepared.support_index, prepared.support_offset, n_obs, g_rows,
+        g_rows, b_rows = np.zeros((idx.size, k)), np.zeros((idx.size, rhs.shape[0]))
+        _direct_row(prepared.basis, w, rhs, a, sub, prepared.support_index, prepared.support_offset, n_obs, g_rows,
                     b_rows)
         gp[idx[:, None], pairs[None, :]] = g_rows
         b[idx, a] = b_rows
@@ -588,27 +612,27 @@ def _refine_row(prepared: PreparedBasis, w: np.ndarray, wf: np.ndarray, a: int, 
             cache.popitem(last=False)
     if length not in spectrum_ffts:
         spectrum_ffts[length] = (np.conj(scipy.fft.rfft(w, n=length, workers=1)),
-                                 np.conj(scipy.fft.rfft(wf, n=length, workers=1)))
-    fw, ffw = spectrum_ffts[length]
-    spectra = np.empty_like(forward)
+                                 np.conj(scipy.fft.rfft(rhs, n=length, axis=-1, workers=1)))
+    fw, frhs = spectrum_ffts[length]
+    spectra = np.empty((k + rhs.shape[0], forward.shape[1]), dtype=forward.dtype)
     np.multiply(forward[:k], fw, out=spectra[:k])
-    np.multiply(forward[k], ffw, out=spectra[k])
+    np.multiply(forward[k], frhs, out=spectra[k:])
     corr = scipy.fft.irfft(spectra, n=length, axis=-1, workers=1, overwrite_x=True)
-    cols = corr[:, np.mod(sub - p0, length)].T  # (nsub, k + 1)
-    g_rows, b_rows = np.ascontiguousarray(cols[:, :k]), np.ascontiguousarray(cols[:, k])
-    _add_row_spikes(prepared.basis, a, prepared.spike_pixels, w, wf, sub, g_rows, b_rows, n_obs)
+    cols = corr[:, np.mod(sub - p0, length)].T  # (nsub, k + right-hand sides)
+    g_rows, b_rows = np.ascontiguousarray(cols[:, :k]), np.ascontiguousarray(cols[:, k:])
+    _add_row_spikes(prepared.basis, a, prepared.spike_pixels, w, rhs, sub, g_rows, b_rows, n_obs)
     fine = g_rows[:, a] >= _WEAK_REL * norm_aa * np.linalg.norm(w)
     gp[idx[fine, None], pairs[None, :]] = g_rows[fine]
     b[idx[fine], a] = b_rows[fine]
     rest = idx[~fine]
     if rest.size:
         half = rest.size // 2
-        _refine_row(prepared, w, wf, a, rest[:half], lags, gp, b, halvings + 1, spectrum_ffts)
-        _refine_row(prepared, w, wf, a, rest[half:], lags, gp, b, halvings + 1, spectrum_ffts)
+        _refine_row(prepared, w, rhs, a, rest[:half], lags, gp, b, halvings + 1, spectrum_ffts)
+        _refine_row(prepared, w, rhs, a, rest[half:], lags, gp, b, halvings + 1, spectrum_ffts)
 
 
 @njit(cache=True)
-def _add_row_spikes(h, a, spikes, w, wf, lags, g_rows, b_rows, n_obs):  # pragma: no cover - compiled
+def _add_row_spikes(h, a, spikes, w, rhs, lags, g_rows, b_rows, n_obs):  # pragma: no cover - compiled
     """:func:`_add_spikes` for Gram row ``a`` and ``b_a`` only."""
     for i in range(lags.shape[0]):
         for p in spikes:
@@ -617,11 +641,12 @@ def _add_row_spikes(h, a, spikes, w, wf, lags, g_rows, b_rows, n_obs):  # pragma
                 continue
             for c in range(h.shape[0]):
                 g_rows[i, c] += w[j] * h[a, p] * h[c, p]
-            b_rows[i] += wf[j] * h[a, p]
+            for r in range(rhs.shape[0]):
+                b_rows[i, r] += rhs[r, j] * h[a, p]
 
 
 @njit(cache=True)
-def _direct_row(h, w, wf, a, lags, sup, off, n_obs, g_rows, b_rows):  # pragma: no cover - compiled
+def _direct_row(h, w, rhs, a, lags, sup, off, n_obs, g_rows, b_rows):  # pragma: no cover - compiled
     """Direct sums of Gram row ``a`` and ``b_a`` at each lag, over row ``a``'s non-zero pixels in the window."""
     k = h.shape[0]
     row = sup[off[a] : off[a + 1]]
@@ -635,7 +660,8 @@ def _direct_row(h, w, wf, a, lags, sup, off, n_obs, g_rows, b_rows):  # pragma: 
             t = wj * h[a, p]
             for c in range(k):
                 g_rows[i, c] += t * h[c, p]
-            b_rows[i] += wf[p - s] * h[a, p]
+            for r in range(rhs.shape[0]):
+                b_rows[i, r] += rhs[r, p - s] * h[a, p]
 
 
 def _unweighted_gram(prepared: PreparedBasis, lags: np.ndarray) -> np.ndarray:
@@ -650,13 +676,61 @@ def _unweighted_projections(prepared: PreparedBasis, f: np.ndarray, lags: np.nda
     lags = np.asarray(lags, dtype=np.int64)
     ff = scipy.fft.rfft(f, n=length, workers=1)
     corr = scipy.fft.irfft(prepared.fft_h * np.conj(ff), n=length, axis=-1, workers=1, overwrite_x=True)
-    b = np.ascontiguousarray(np.take(corr, np.mod(lags, length), axis=1).T)
+    b = np.ascontiguousarray(np.take(corr, np.mod(lags, length), axis=1).T)[:, :, None]
     b[~((lags > -prepared.n_obs) & (lags < prepared.n_rest))] = 0.0
     ones = np.ones(prepared.n_obs)
-    _add_spikes(prepared.basis, prepared.spike_pixels, ones, f, lags, np.zeros_like(ug), b, prepared.pair_a,
+    _add_spikes(prepared.basis, prepared.spike_pixels, ones, f[None], lags, np.zeros_like(ug), b, prepared.pair_a,
                 prepared.pair_b, prepared.n_obs)
-    _refine_weak(prepared, ones, f, lags, ug.copy(), b)
-    return b
+    _refine_weak(prepared, ones, f[None], lags, ug.copy(), b)
+    return np.ascontiguousarray(b[:, :, 0])
+
+
+def nuisance_vectors(n_obs: int, order: int) -> np.ndarray | None:
+    """Legendre polynomials ``P_0 .. P_order`` over the observed window (``x`` from -1 to 1), ``(order + 1, n_obs)``.
+
+    The free-sign nuisance terms of the robust scan (METHODS §5.7): ``P_0`` absorbs a sky pedestal, the higher ones
+    flat-field tilts and curvature. ``order < 0`` means no nuisance terms (None).
+
+    Examples
+    --------
+    >>> nuisance_vectors(5, 1).tolist()
+    [[1.0, 1.0, 1.0, 1.0, 1.0], [-1.0, -0.5, 0.0, 0.5, 1.0]]
+    >>> nuisance_vectors(5, -1) is None
+    True
+    """
+    if order < 0:
+        return None
+    x = np.linspace(-1.0, 1.0, int(n_obs))
+    return np.polynomial.legendre.legvander(x, int(order)).T.copy()
+
+
+def _schur(gp: np.ndarray, b: np.ndarray, c: float, f: np.ndarray, w: np.ndarray, nuisance: np.ndarray,
+           pa: np.ndarray, pb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray,
+                                                     np.ndarray]:
+    """Eliminate the free-sign nuisance coefficients from the normal equations (METHODS §5.7).
+
+    With ``G_PP = T^-1 T^-T`` (``T`` from an eigendecomposition, so a rank-deficient ``G_PP`` keeps its range), the
+    reduced problem is ``G' = G_HH - A A^T``, ``b' = b_H - A u``, ``c' = c - u^T u`` with ``A = G_HP T^T`` and
+    ``u = T b_P``; the nuisance coefficients are ``beta = T^T (u - A^T omega)``. Returns the packed ``G'``, ``b'``,
+    ``c'``, ``T``, ``A`` and ``u``. A basis row that the nuisance terms reproduce on the window to within
+    :data:`_SCHUR_REL` of its own norm is dropped there (its reduced Gram is round-off).
+    """
+    g_pp = (nuisance * w) @ nuisance.T
+    b_p = nuisance @ (w * f)
+    values, vectors = np.linalg.eigh(g_pp)
+    keep = values > _PIVOT_REL * max(float(values[-1]), 0.0)
+    t = (vectors[:, keep] / np.sqrt(values[keep])).T  # (m', m)
+    a = b[:, :, 1:] @ t.T  # (nlag, k, m')
+    u = t @ b_p
+    g_red = gp - np.einsum("lpt,lpt->lp", a[:, pa], a[:, pb])
+    b_red = b[:, :, 0] - a @ u
+    diag = np.flatnonzero(pa == pb)
+    degenerate = g_red[:, diag] <= _SCHUR_REL * gp[:, diag]  # (nlag, k)
+    if degenerate.any():
+        rows = degenerate[:, pa] | degenerate[:, pb]
+        g_red[rows] = 0.0
+        b_red[degenerate] = 0.0
+    return g_red, np.ascontiguousarray(b_red), c - float(u @ u), t, a, u
 
 
 def scan_chi2(
@@ -669,11 +743,18 @@ def scan_chi2(
     tol_rel: float = 1e-12,
     unweighted_gram: np.ndarray | None = None,
     correlations: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    nuisance: np.ndarray | None = None,
+    return_nuisance: bool = False,
+) -> tuple[np.ndarray, ...]:
     """chi2 and NNLS coefficients of one spectrum at every lag (FFT Grams + warm-started exact NNLS).
 
     ``weighting="unweighted"`` reproduces Moose: w from the unweighted window Gram and ``b^u = xcorr(f, H)``; chi2
     is still the weighted ``c - 2 w^T b + w^T G w``.
+
+    ``nuisance`` (m, n_obs) adds free-sign observed-frame vectors beside the non-negative basis at every lag
+    (:func:`nuisance_vectors`; weighted only), eliminated by their Schur complement (:func:`_schur`) so the NNLS is
+    unchanged; with ``return_nuisance`` their coefficients (nlag, m) come third. ``correlations`` must then be
+    :func:`_correlate`'s output with the same ``nuisance``.
 
     Examples
     --------
@@ -681,25 +762,42 @@ def scan_chi2(
     >>> chi2, omega = scan_chi2(prepare_basis(h, 3), np.array([2.0, 4.0, 6.0]), np.ones(3), np.arange(4))
     >>> int(np.argmin(chi2)), round(float(omega[0, 0]), 12)
     (0, 2.0)
+    >>> chi2, omega, beta = scan_chi2(prepare_basis(h, 3), np.array([1.0, 3.0, 5.0]), np.ones(3), np.arange(4),
+    ...                               nuisance=np.ones((1, 3)), return_nuisance=True)  # 2 h - 1: a pedestal
+    >>> int(np.argmin(chi2)), round(float(omega[0, 0]), 9), round(float(beta[0, 0]), 9)
+    (0, 2.0, -1.0)
     """
-    if correlations is None:
-        gp, b, c = gram_projections(prepared, flux, weights, lags)
-    else:  # the spectrum's FFT correlations, already computed for other lags (sub-pixel refinement)
-        f, w = _clean(flux, weights)
-        gp, b, c = _at_lags(prepared, correlations, f[0], w[0], lags)
+    f, w = _clean(flux, weights)
+    f, w = f[0], w[0]
+    if nuisance is not None:
+        nuisance = np.atleast_2d(np.asarray(nuisance, dtype=np.float64))
+        if weighting != "weighted":
+            raise ValueError("nuisance terms need weighting='weighted' (Moose's unweighted fit has none)")
+        if nuisance.shape[1] != f.shape[0]:
+            raise ValueError(f"nuisance vectors have {nuisance.shape[1]} pixels, the spectrum {f.shape[0]}")
+    corr = _correlate(prepared, f, w, nuisance) if correlations is None else correlations
+    gp, b3, c = _at_lags(prepared, corr, f, w, lags, nuisance)
+    if nuisance is not None:
+        gp, b, c, t, a, u = _schur(gp, b3, c, f, w, nuisance, prepared.pair_a, prepared.pair_b)
+    else:
+        b = np.ascontiguousarray(b3[:, :, 0])
     if weighting == "weighted":
         gs, bs = gp, b
     elif weighting == "unweighted":
-        f, _ = _clean(flux, weights)
         gs = _unweighted_gram(prepared, lags) if unweighted_gram is None else unweighted_gram
-        bs = _unweighted_projections(prepared, f[0], lags, gs)
+        bs = _unweighted_projections(prepared, f, lags, gs)
     else:
         raise ValueError(f"unknown weighting {weighting!r}")
     n = b.shape[0]
     omega = np.zeros((n, prepared.k))
     chi2 = np.zeros(n)
     _scan_nnls(gs, bs, gp, b, c, prepared.pair_a, prepared.pair_b, float(tol_rel), omega, chi2)
-    return chi2, omega
+    if not return_nuisance:
+        return chi2, omega
+    if nuisance is None:
+        return chi2, omega, np.zeros((n, 0))
+    beta = (u[None, :] - np.einsum("lkt,lk->lt", a, omega)) @ t  # (nlag, m)
+    return chi2, omega, beta
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -768,6 +866,34 @@ def chi2_metrics(chi2: np.ndarray, *, exclusion_steps: int = 25, n_minima: int =
     return out
 
 
+#: Speed of light (km/s), for Redrock's velocity windows.
+_C_KMS = 299792.458
+
+
+def delta_chi2(chi2: np.ndarray, z: np.ndarray, best: int, *, window_kms: float = 1000.0) -> float:
+    """Redrock's DELTACHI2: chi2 of the lowest local minimum more than ``window_kms`` from the best, minus the best.
+
+    Minima are found on the whole curve (plateaus count once) and those within ``|c (z - z_best) / (1 + z_best)| <=
+    window_kms`` are dropped, as Redrock drops candidates within 1000 km/s of its best. NaN when no minimum lies
+    outside the window (e.g. a one-trial grid).
+
+    Examples
+    --------
+    >>> z = np.linspace(0.0, 0.1, 101)
+    >>> chi2 = 100 - 60 * np.exp(-0.5 * ((z - 0.05) / 0.002) ** 2) - 20 * np.exp(-0.5 * ((z - 0.08) / 0.002) ** 2)
+    >>> round(delta_chi2(chi2, z, int(np.argmin(chi2))), 6)
+    40.0
+    """
+    chi2 = np.asarray(chi2, dtype=np.float64)
+    left = np.r_[np.inf, chi2[:-1]]
+    right = np.r_[chi2[1:], np.inf]
+    minima = np.flatnonzero((chi2 < left) & (chi2 <= right))
+    far = np.abs(_C_KMS * (np.asarray(z)[minima] - z[best]) / (1.0 + z[best])) > window_kms
+    if not far.any():
+        return float("nan")
+    return float(np.min(chi2[minima[far]]) - chi2[best])
+
+
 @dataclass
 class ScanResult:
     """Per-spectrum outputs of :func:`scan_block` (leading axis: spectrum). NaN / -1 where a spectrum has no data.
@@ -779,6 +905,8 @@ class ScanResult:
     With refinement (the default), ``z_refined`` is ``10**(shift*delta) - 1`` at the fractional shift of the parabola
     vertex around the best integer shift within one trial step of the best trial, ``chi2_refined`` the chi2 at that
     integer shift (never above ``chi2_min``) and ``omega_refined`` its coefficients; all three are None without it.
+    ``nuisance_coeff`` (spectrum x m) holds the free-sign nuisance coefficients at the best trial (m = 0 without
+    nuisance terms) and ``deltachi2`` Redrock's DELTACHI2 (:func:`delta_chi2`).
     """
 
     index: np.ndarray
@@ -791,6 +919,8 @@ class ScanResult:
     minima_chi2: np.ndarray
     minima_significance: np.ndarray
     npixels: np.ndarray
+    nuisance_coeff: np.ndarray
+    deltachi2: np.ndarray
     chi2: np.ndarray | None = None
     z_refined: np.ndarray | None = None
     chi2_refined: np.ndarray | None = None
@@ -829,6 +959,7 @@ def scan_block(
     n_minima: int = 5,
     return_chi2: bool = False,
     refine: bool = True,
+    nuisance: np.ndarray | None = None,
 ) -> ScanResult:
     """NMF redshift scan of a block of spectra on the observed grid ``gamma0 + (j0 + j) delta``.
 
@@ -844,6 +975,8 @@ def scan_block(
         ``shifts[best - 1]`` to ``shifts[best + 1]`` (clipped at the grid ends), the lowest of them, then the
         3-point parabola through it and its integer neighbours (:func:`_parabola_vertex`). The parabola's width is
         not a calibrated error and is not returned.
+    nuisance : (m, n_obs) free-sign observed-frame vectors fitted beside the basis at every trial (METHODS §5.7,
+        :func:`nuisance_vectors`); their coefficients at the best trial are ``ScanResult.nuisance_coeff``.
 
     Examples
     --------
@@ -868,6 +1001,8 @@ def scan_block(
         chi2=np.full((nspec, ntrial), np.nan) if return_chi2 else None,
         z_refined=np.full(nspec, np.nan) if refine else None, chi2_refined=np.full(nspec, np.nan) if refine else None,
         omega_refined=np.full((nspec, k), np.nan) if refine else None,
+        nuisance_coeff=np.full((nspec, 0 if nuisance is None else np.atleast_2d(nuisance).shape[0]), np.nan),
+        deltachi2=np.full(nspec, np.nan),
     )  # fmt: skip
     zq = 10.0 ** (shifts * float(delta)) - 1.0
     ug = _unweighted_gram(prepared, lags) if weighting == "unweighted" else None
@@ -877,9 +1012,9 @@ def scan_block(
     for i in range(nspec):
         if res.npixels[i] == 0:
             continue
-        corr = _correlate(prepared, f[i], w[i])  # once per spectrum: the refinement reads other lags of it
-        chi2, omega = scan_chi2(prepared, f[i], w[i], lags, weighting=weighting, tol_rel=tol_rel, unweighted_gram=ug,
-                                correlations=corr)
+        corr = _correlate(prepared, f[i], w[i], nuisance)  # once per spectrum: the refinement reads other lags of it
+        chi2, omega, beta = scan_chi2(prepared, f[i], w[i], lags, weighting=weighting, tol_rel=tol_rel,
+                                      unweighted_gram=ug, correlations=corr, nuisance=nuisance, return_nuisance=True)
         m = chi2_metrics(chi2, exclusion_steps=exclusion_steps, n_minima=n_minima)
         best = int(m["index"])
         if best < 0:
@@ -888,6 +1023,8 @@ def scan_block(
         res.z[i] = zq[best]
         res.chi2_min[i] = m["chi2_min"]
         res.omega[i] = omega[best]
+        res.nuisance_coeff[i] = beta[best]
+        res.deltachi2[i] = delta_chi2(chi2, zq, best)
         res.significance[i] = m["significance"]
         res.robustness[i] = m["robustness"]
         mi = np.asarray(m["minima_index"])
@@ -898,20 +1035,21 @@ def scan_block(
             res.chi2[i] = chi2
         if refine:
             _refine_best(prepared, f[i], w[i], shifts, best, chi2[best], omega[best], delta, j0, weighting, tol_rel,
-                         ug_all, corr, res, i)
+                         ug_all, corr, nuisance, res, i)
     return res
 
 
 def _refine_best(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray, shifts: np.ndarray, best: int,
                  chi2_best: float, omega_best: np.ndarray, delta: float, j0: int, weighting: Weighting,
-                 tol_rel: float, ug_all: np.ndarray | None, corr: np.ndarray, res: ScanResult, i: int) -> None:
+                 tol_rel: float, ug_all: np.ndarray | None, corr: np.ndarray, nuisance: np.ndarray | None,
+                 res: ScanResult, i: int) -> None:
     """Fill spectrum ``i``'s refined outputs (:func:`scan_block`, ``refine``) from its best trial ``best``."""
     lo, hi = shifts[max(best - 1, 0)], shifts[min(best + 1, shifts.size - 1)]
     # one extra pixel each side (inside the grid), so a minimum at the window's edge still has both neighbours
     fine = np.arange(max(lo - 1, shifts[0]), min(hi + 1, shifts[-1]) + 1)
     ugf = None if ug_all is None else np.ascontiguousarray(ug_all[fine - shifts[0]])
     chi2, omega = scan_chi2(prepared, f, w, int(j0) - fine, weighting=weighting, tol_rel=tol_rel,
-                            unweighted_gram=ugf, correlations=corr)
+                            unweighted_gram=ugf, correlations=corr, nuisance=nuisance)
     # the best trial's own shift is the same problem: reuse its values, so that chi2_refined <= chi2_min exactly
     # whatever the round-off of the second FFT pass and the differently warm-started NNLS
     at = int(shifts[best] - fine[0])
@@ -930,12 +1068,14 @@ def _refine_best(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray, shifts: 
 
 
 def reference_scan(
-    basis: np.ndarray, flux: np.ndarray, weights: np.ndarray, lags: np.ndarray
+    basis: np.ndarray, flux: np.ndarray, weights: np.ndarray, lags: np.ndarray, *, nuisance: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per lag, weighted ``scipy.optimize.nnls`` on the tall matrix ``(sqrt(w) H_window^T, sqrt(w) f)``; one spectrum.
 
     Slow by design: the check for the FFT scan. Pin one BLAS thread (threadpoolctl) when timing it.
-    Returns chi2 (nlag,) evaluated as ``sum w (f - H_window^T w)^2`` and the coefficients (nlag, k).
+    Returns chi2 (nlag,) evaluated as ``sum w (f - H_window^T w)^2`` and the coefficients (nlag, k). With
+    ``nuisance`` (m, n_obs) the fit is the bounded least squares ``scipy.optimize.lsq_linear`` (BVLS) with the basis
+    coefficients >= 0 and the nuisance coefficients free, the straightforward form of :func:`scan_chi2`'s.
 
     Examples
     --------
@@ -949,19 +1089,28 @@ def reference_scan(
     f, w = f[0], w[0]
     k, n_rest = h.shape
     n_obs = f.shape[0]
+    p = np.zeros((0, n_obs)) if nuisance is None else np.atleast_2d(np.asarray(nuisance, dtype=np.float64))
     padded = np.zeros((k, n_obs + n_rest + n_obs))
     padded[:, n_obs : n_obs + n_rest] = h
     sw = np.sqrt(w)
     y = sw * f
     chi2 = np.empty(len(lags))
     omega = np.zeros((len(lags), k))
+    lower = np.r_[np.zeros(k), np.full(p.shape[0], -np.inf)]
     for i, s in enumerate(np.asarray(lags, dtype=np.int64)):
-        if s <= -n_obs or s >= n_rest:
-            chi2[i] = np.sum(w * f * f)
-            continue
-        window = padded[:, n_obs + s : n_obs + s + n_obs]
-        om, _ = scipy.optimize.nnls(sw[:, None] * window.T, y)
-        r = f - om @ window
+        window = padded[:, n_obs + s : n_obs + s + n_obs] if -n_obs < s < n_rest else np.zeros((k, n_obs))
+        if p.shape[0] == 0:
+            om, _ = scipy.optimize.nnls(sw[:, None] * window.T, y)
+            r = f - om @ window
+        else:
+            design = np.vstack([window, p])
+            used = np.r_[np.any(window * sw != 0, axis=1), np.ones(p.shape[0], dtype=bool)]  # all-zero columns: 0
+            fit = scipy.optimize.lsq_linear(sw[:, None] * design[used].T, y, bounds=(lower[used], np.inf),
+                                            method="bvls", tol=1e-14, lsmr_tol="auto")
+            x = np.zeros(k + p.shape[0])
+            x[used] = fit.x
+            om = x[:k]
+            r = f - x @ design
         chi2[i] = np.sum(w * r * r)
         omega[i] = om
     return chi2, omega

@@ -7,9 +7,11 @@ from hypothesis import strategies as st
 
 from dzspec.kernels.nmf_scan import (
     chi2_metrics,
+    delta_chi2,
     gram_projections,
     nnls_gram,
     nnls_gram_batch,
+    nuisance_vectors,
     prepare_basis,
     reference_scan,
     scan_block,
@@ -413,3 +415,92 @@ def test_refinement_is_optional_and_keeps_the_trial_outputs(problem):
     s = np.rint(np.log10(1 + with_refine.z_refined[0]) / DELTA).astype(np.int64)
     chi2, _ = scan_chi2(prepared, f, w, np.array([J0 - s]))
     assert with_refine.chi2_refined[0] == pytest.approx(chi2[0], rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Free-sign nuisance terms beside the non-negative basis (METHODS §5.7)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _hard_basis():
+    """:func:`_basis` with spikes (summed directly) and a row whose far tail alone enters some windows (weak rows)."""
+    h = _basis()
+    h[0, 40:43] *= 1e6
+    h[1, 1902] *= 1e6
+    x = np.arange(N_REST, dtype=float)
+    d = (x - 2950) / 15
+    return np.vstack([h, np.where(np.abs(d) < 5, 50 * np.exp(-0.5 * d**2), 0.0)])
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("hard", [False, True])
+def test_nuisance_scan_equals_bounded_least_squares(order, hard):
+    """Basis coefficients >= 0, nuisance coefficients free: the Schur-complement FFT scan equals the per-trial
+    bounded least squares (scipy.optimize.lsq_linear, BVLS) to 1e-8 on spectra with a pedestal and a tilt."""
+    h = _hard_basis() if hard else _basis()
+    prepared = prepare_basis(h, N_OBS)
+    p = nuisance_vectors(N_OBS, order)
+    shifts = np.r_[np.arange(0, 2600, 7), np.arange(880, 921)]
+    lags = J0 - np.unique(shifts)
+    for seed, shift in ((1, 600), (2, 900), (3, 1500)):
+        f, w = _spectrum(_basis(), shift, seed=seed)
+        f = f - 0.8 + 0.3 * np.linspace(-1, 1, N_OBS) ** 2 * (order >= 2)  # a negative pedestal and curvature
+        chi2, omega, beta = scan_chi2(prepared, f, w, lags, nuisance=p, return_nuisance=True)
+        ref, _ = reference_scan(h, f, w, lags, nuisance=p)
+        np.testing.assert_allclose(chi2, ref, rtol=1e-8)
+        assert np.argmin(chi2) == np.argmin(ref)
+        assert np.all(omega >= 0) and beta.shape == (lags.size, order + 1)
+        assert np.min(beta[:, 0]) < 0  # the free sign is used: the continuum row alone cannot go negative
+
+
+@settings(max_examples=25, deadline=None)
+@given(pedestal=st.floats(-5, 5), tilt=st.floats(-2, 2), seed=st.integers(0, 1000))
+def test_chi2_is_invariant_to_what_the_nuisance_terms_span(pedestal, tilt, seed):
+    """Adding c P0 + d P1 to a spectrum changes no chi2 at any lag and shifts the nuisance coefficients by (c, d)."""
+    h = _basis()
+    prepared = prepare_basis(h, N_OBS)
+    p = nuisance_vectors(N_OBS, 1)
+    lags = J0 - np.arange(0, 2400, 37)
+    f, w = _spectrum(h, 700, seed=seed)
+    chi2, _, beta = scan_chi2(prepared, f, w, lags, nuisance=p, return_nuisance=True)
+    moved, _, beta_moved = scan_chi2(prepared, f + pedestal * p[0] + tilt * p[1], w, lags, nuisance=p,
+                                     return_nuisance=True)
+    scale = float(np.nansum(w * f * f))
+    np.testing.assert_allclose(moved, chi2, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(beta_moved - beta, np.broadcast_to([pedestal, tilt], beta.shape), atol=1e-6)
+
+
+def test_a_sky_pedestal_no_longer_moves_the_redshift(problem):
+    """B26's failure 2: a negative median (sky over-subtraction) pulls the basis-only NNLS off the true shift; with
+    the free-sign constant the scan finds it, with chi2 at the noise level."""
+    h, prepared = problem
+    shifts = np.arange(0, 2400, 2)
+    found = {}
+    for order in (-1, 0):
+        hits = 0
+        for seed in range(6):
+            f, w = _spectrum(h, 1000, seed=seed, omega=(0.05, 0.3, 0.0, 0.2), sigma=0.2)
+            f = f - 1.0  # median now well below zero
+            r = scan_block(prepared, f[None], w[None], shifts, DELTA, J0, nuisance=nuisance_vectors(N_OBS, order))
+            hits += int(abs(int(shifts[r.index[0]]) - 1000) <= 2)
+            if order == 0:
+                assert r.chi2_min[0] < 1.3 * r.npixels[0]
+                assert r.nuisance_coeff[0, 0] < -0.5  # (the continuum row shares the rest of the constant)
+        found[order] = hits
+    assert found[0] == 6 and found[-1] < 6
+
+
+def test_deltachi2_is_redrocks(problem):
+    """DELTACHI2: the lowest local minimum more than 1000 km/s from the best, minus the best (brute force)."""
+    h, prepared = problem
+    shifts = np.arange(0, 2400, 2)
+    f, w = _spectrum(h, 1100, seed=3)
+    r = scan_block(prepared, f[None], w[None], shifts, DELTA, J0, return_chi2=True)
+    z = 10.0 ** (shifts * DELTA) - 1
+    chi2, best = r.chi2[0], int(r.index[0])
+    minima = [i for i in range(chi2.size) if (i == 0 or chi2[i] < chi2[i - 1]) and (i == chi2.size - 1 or
+                                                                                 chi2[i] <= chi2[i + 1])]
+    far = [i for i in minima if abs(299792.458 * (z[i] - z[best]) / (1 + z[best])) > 1000]
+    assert r.deltachi2[0] == pytest.approx(min(chi2[i] for i in far) - chi2[best], rel=1e-12)
+    assert r.deltachi2[0] > 0
+    assert delta_chi2(chi2, z, best) == r.deltachi2[0]

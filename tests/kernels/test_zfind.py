@@ -49,18 +49,18 @@ def test_nmf_zfind_refined_z_and_chi2_curve(problem):
     kw = {"prepared": prepared, "grid": GRID, "shifts": shifts}
     out = nmf_zfind(WAVE, flux, ivar, store_chi2=True, chi2_decimate=4, **kw)
     plain = nmf_zfind(WAVE, flux, ivar, refine=False, **kw)
-    assert "z_refined" not in plain and "chi2_curve" not in plain and "chi2_refined" not in plain
+    assert "z_refined" not in plain and "zchi2" not in plain and "chi2_refined" not in plain
     for name, values in plain.items():
         np.testing.assert_array_equal(out[name], values, err_msg=name)
-    assert out["chi2_curve"].dtype == np.float32 and out["chi2_curve"].shape == (3, -(-shifts.size // 4))
+    assert out["zchi2"].dtype == np.float32 and out["zchi2"].shape == (3, -(-shifts.size // 4))
     good = [0, 2]
-    np.testing.assert_array_equal(out["chi2_curve"][good].min(axis=1), out["chi2"][good].astype(np.float32))
-    assert np.all(np.isnan(out["chi2_curve"][1])) and np.isnan(out["z_refined"][1]) and np.isnan(out["chi2_refined"][1])
+    np.testing.assert_array_equal(out["zchi2"][good].min(axis=1), out["chi2"][good].astype(np.float32))
+    assert np.all(np.isnan(out["zchi2"][1])) and np.isnan(out["z_refined"][1]) and np.isnan(out["chi2_refined"][1])
     assert np.all(out["chi2_refined"][good] <= out["chi2"][good])
     pixel = np.log(10) * GRID.step * (1 + z_true[good])  # one basis pixel in z
     assert np.all(np.abs(out["z_refined"][good] - z_true[good]) < 0.5 * pixel)
-    full = nmf_zfind(WAVE, flux, ivar, store_chi2=True, **kw)["chi2_curve"]
-    np.testing.assert_array_equal(out["chi2_curve"], decimate_min(full, 4))
+    full = nmf_zfind(WAVE, flux, ivar, store_chi2=True, **kw)["zchi2"]
+    np.testing.assert_array_equal(out["zchi2"], decimate_min(full, 4))
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5])
