@@ -163,11 +163,25 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
         raise ValueError(f"--chi2-decimate must be at least 1, not {args.chi2_decimate}")
     params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting,
               "refine": not args.no_refine, "store_chi2": args.store_chi2, "chi2_decimate": args.chi2_decimate}
+    if args.nuisance_order is not None:
+        params["nuisance_order"] = args.nuisance_order
     with _client(args) as client:
         report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params,
-                           **_runner_kwargs(args))
+                           noise_calibration=args.noise_calibration, **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
+
+
+def _cmd_calibrate_noise(args: argparse.Namespace) -> int:
+    from dzspec.parallel.noise_calibration import calibrate_noise
+
+    with _client(args):
+        calibration = calibrate_noise(args.store, group=args.group, name=args.name, window=args.window,
+                                      overwrite=args.overwrite)
+    scale = calibration.scale
+    print(f"{args.store}: {calibration.attrs['n_spectra']} spectra, {int((scale > 1).sum())} of {scale.size} pixels "
+          f"inflated (max x{scale.max():.2f}); sha256 {calibration.sha256[:12]}")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -227,7 +241,7 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     print(report.summary())
     if report.complete:
         results = zstore.open_results(args.store, report.results)
-        score, warn = results.lae_abs_dchi2_cal.values, results.lae_warn.values
+        score, warn = results.lae_abs_dchi2_cal.values, results.zwarn.values
         vetoed = (score > args.threshold) & ((warn.astype("int64") & INTERLOPER_BITS) != 0)
         print(f"LAE candidates (calibrated |dchi2| > {args.threshold:g}, no interloper flag): "
               f"{int(select_lae(score, warn, args.threshold).sum())} of {score.size}; "
@@ -421,12 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NNLS weighting; unweighted reproduces the authors' code (chi2 stays weighted)")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the sub-pixel refinement of the best trial (no z_refined, chi2_refined)")
-    p.add_argument("--store-chi2", action="store_true", help="also store chi2 over the trials (chi2_curve)")
+    p.add_argument("--nuisance-order", type=int, metavar="N",
+                   help="free-sign Legendre terms P0..PN over the observed window beside the basis (sky pedestals, "
+                        "flat-field tilts; default 2, or -1 = none with --weighting unweighted); -1 scans the basis "
+                        "alone as B26")
+    p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
+                   help="per-wavelength variance inflation at sky-residual pixels (dzspec calibrate-noise); auto "
+                        "(default): the store's own, measured first when missing and the group has >= 300 spectra")
+    p.add_argument("--store-chi2", action="store_true", help="also store chi2 over the trials (zchi2)")
     p.add_argument("--chi2-decimate", type=int, default=1, metavar="N",
                    help="with --store-chi2: keep the minimum of each N consecutive trials (default 1: all)")
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
+
+    p = sub.add_parser("calibrate-noise", help="measure a spectra group's per-wavelength excess scatter over its "
+                                               "pipeline variance (sky-subtraction residuals) for zfind")
+    p.add_argument("store")
+    p.add_argument("--group", help="spectra group (default: the store's only one)")
+    p.add_argument("--name", default="noise", help="calibration name (default: noise, the one zfind's auto uses)")
+    p.add_argument("--window", type=int, default=51, help="running-median width standing for the continuum (px)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing calibration of that name")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_calibrate_noise)
 
     p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (ingest, simulate, zfind, lae, "
                                    "stats) in one TOML file")
@@ -486,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-shifts", type=int, default=4501, help="one-pixel shifts scanned (U25: 4501)")
     p.add_argument("--fine-half-width", type=float, default=5.0, help="fine scan +- pixels at 0.1 px (U25: 5)")
     p.add_argument("--calibration", type=float, default=1.0,
-                   help="U25's s: z_unc is multiplied by it, |dchi2| divided by its square (default 1: none)")
+                   help="U25's s: zerr is multiplied by it, |dchi2| divided by its square (default 1: none)")
     p.add_argument("--ew-min", type=float, default=20.0,
                    help="flag LOW_EW below this rest-frame Lya EW (A) where the continuum is detected (default 20)")
     p.add_argument("--lowz-max", type=float, default=25.0,

@@ -1,0 +1,100 @@
+"""``dzspec calibrate-noise``: the per-wavelength noise calibration of a spectra group, as one Dask reduction.
+
+Each chunk of spectra becomes a per-pixel histogram of normalised residuals
+(:func:`dzspec.kernels.noise_calibration.residual_histogram`); Dask sums them in a tree on the active scheduler, so
+only one ``(nwave, nbins)`` table reaches this process whatever the store's size. The calibration is written to
+``calibration/<grid>/<name>`` (:mod:`dzspec.io.noise`) and used by ``dzspec zfind``.
+"""
+
+from __future__ import annotations
+
+import logging
+from os import PathLike
+
+import dask.array as da
+import numpy as np
+
+from dzspec.io import store as zstore
+from dzspec.io.noise import NoiseCalibration, calibration_path, load_noise_calibration, save_noise_calibration
+from dzspec.kernels.noise_calibration import (
+    HISTOGRAM_EDGES,
+    MIN_SPECTRA,
+    calibration_from_histogram,
+    residual_histogram,
+)
+
+__all__ = ["MIN_SURVEY_SPECTRA", "calibrate_noise", "residual_histogram_total", "resolve_noise_calibration"]
+
+log = logging.getLogger(__name__)
+
+#: Spectra a group needs before ``zfind`` measures its calibration by itself (METHODS §5.7: a few hundred).
+MIN_SURVEY_SPECTRA = 300
+
+
+def residual_histogram_total(flux: da.Array | np.ndarray, ivar: da.Array | np.ndarray, *,
+                             window: int = 51) -> np.ndarray:
+    """The summed :func:`~dzspec.kernels.noise_calibration.residual_histogram` of all rows (NumPy or Dask input).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> flux, ivar = rng.normal(size=(20, 100)), np.ones((20, 100))
+    >>> lazy = residual_histogram_total(da.from_array(flux, chunks=(7, 100)), da.from_array(ivar, chunks=(7, 100)))
+    >>> bool(np.array_equal(lazy, residual_histogram(flux, ivar))), int(lazy.sum())  # 25 pixels at each end left out
+    (True, 1000)
+    """
+    if not isinstance(flux, da.Array):
+        return residual_histogram(flux, ivar, window=window)
+    nbins = HISTOGRAM_EDGES.size - 1
+    nwave = flux.shape[1]
+    ivar = ivar.rechunk(flux.chunks)
+    partial = da.map_blocks(lambda f, w: residual_histogram(f, w, window=window)[None], flux, ivar,
+                            dtype=np.int64, new_axis=2, chunks=((1,) * flux.numblocks[0], (nwave,), (nbins,)),
+                            meta=np.empty((0, 0, 0), np.int64))
+    return np.asarray(partial.sum(axis=0).compute())
+
+
+def calibrate_noise(store: str | PathLike[str], *, group: str | None = None, name: str = "noise", window: int = 51,
+                    smooth_pixels: int = 3, min_spectra: int = MIN_SPECTRA,
+                    overwrite: bool = False) -> NoiseCalibration:
+    """Measure the noise calibration of a spectra group on the active Dask scheduler and store it.
+
+    ``window`` is the running median (pixels) that stands for each spectrum's smooth continuum; pixels with fewer
+    than ``min_spectra`` spectra keep 1. Returns the stored calibration.
+    """
+    root = zstore.open_root(store)
+    spectra = zstore.resolve_spectra_group(root, group)
+    ds = zstore.open_spectra(store, spectra)
+    counts = residual_histogram_total(ds.flux.data, ds.ivar.data, window=window)
+    scale = calibration_from_histogram(counts, smooth_pixels=smooth_pixels, min_spectra=min_spectra)
+    n_residuals = counts.sum(axis=1)
+    save_noise_calibration(store, spectra, scale, n_residuals, name=name, overwrite=overwrite, attrs={
+        "method": "-q0.1587 of (f - running median) sqrt(ivar) per pixel, max(1, .)",
+        "window": int(window), "smooth_pixels": int(smooth_pixels), "min_spectra": int(min_spectra),
+        "n_spectra": int(ds.sizes["spectrum"]), "pixels_inflated": int(np.sum(scale > 1.0)),
+    })
+    calibration = load_noise_calibration(store, spectra, name)
+    log.info("%s: noise calibration of %d spectra, %d of %d pixels inflated (max x%.2f)", calibration_path(spectra),
+             ds.sizes["spectrum"], int(np.sum(scale > 1.0)), scale.size, float(scale.max()))
+    return calibration
+
+
+def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: str) -> NoiseCalibration | None:
+    """The calibration a scan of ``spectra`` uses for ``choice``: ``"off"`` (none), a stored calibration's name, or
+    ``"auto"``: the stored ``noise`` calibration if it was measured on the group as it is now, else a new one when
+    the group has at least :data:`MIN_SURVEY_SPECTRA` spectra, else none (too few spectra to measure it)."""
+    if choice == "off":
+        return None
+    root = zstore.open_root(store)
+    if choice != "auto":
+        return load_noise_calibration(store, spectra, choice)
+    if calibration_path(spectra) in root:
+        stored = load_noise_calibration(store, spectra)
+        if stored.attrs.get("input_id") == zstore.input_id(root[spectra]):
+            return stored
+    nspectrum = root[spectra]["flux"].shape[0]
+    if nspectrum < MIN_SURVEY_SPECTRA:
+        log.warning("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); scanning with the "
+                    "pipeline variances", store, spectra, nspectrum, MIN_SURVEY_SPECTRA)
+        return None
+    return calibrate_noise(store, group=spectra, overwrite=True)
