@@ -81,6 +81,7 @@ class ZWarn(enum.IntFlag):
     POORDATA = 1 << 11
     LOW_SIGNIFICANCE = 1 << 13  #: log10 nmf_significance < -2 (B26 4.3: likely a false source)
     LOW_ROBUSTNESS = 1 << 14  #: nmf_robustness < 3 (B26 4.1)
+    Z_SPIKE = 1 << 15  #: z sits on a redshift spike of its store and deltachi2 is not decisive (kernels.zspikes)
 
 
 class ZNote(enum.IntFlag):

@@ -6,6 +6,7 @@ its Zarr store through an LRU cache keyed by path, name and checksum.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from functools import lru_cache
 from numbers import Integral
@@ -22,12 +23,15 @@ from dzspec.io.noise import load_noise_calibration
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.nmf_scan import PreparedBasis, prepare_basis
 from dzspec.kernels.restframe import observed_window
-from dzspec.kernels.zfind import MIN_DELTACHI2, nmf_zfind
+from dzspec.kernels.zfind import MIN_DELTACHI2, ZWarn, nmf_zfind
+from dzspec.kernels.zspikes import find_spikes, spike_members, trial_index
 from dzspec.parallel.noise_calibration import resolve_noise_calibration
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, output_specs
 
-__all__ = ["ZFIND", "run_zfind"]
+__all__ = ["ZFIND", "flag_redshift_spikes", "run_zfind"]
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=2)
@@ -113,14 +117,15 @@ ZFIND = KernelSpec(
 
 def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], client: Client, *,
               basis_name: str = "nmf", params: Mapping[str, Any] | None = None, noise_calibration: str = "auto",
-              **runner: Any) -> RunReport:
+              flag_spikes: bool = True, **runner: Any) -> RunReport:
     """Scan every spectrum of a store's spectra group with a saved basis, into ``results/<grid>/nmf_zfind``.
 
     ``params`` override :data:`ZFIND`'s defaults (trial grid, weighting, ``refine``, ``store_chi2``,
     ``chi2_decimate``, ``nuisance_order`` ...; Moose's ``weighting="unweighted"`` fit has no nuisance terms, so
     there the default order is -1); ``noise_calibration`` is ``"auto"`` (the group's own calibration, measured first
     when missing or stale and the group is large enough: :func:`~dzspec.parallel.noise_calibration.
-    resolve_noise_calibration`), ``"off"``, or the name of a stored one; ``runner`` goes to
+    resolve_noise_calibration`), ``"off"``, or the name of a stored one; with ``flag_spikes`` a complete run ends
+    with :func:`flag_redshift_spikes`; ``runner`` goes to
     :func:`dzspec.parallel.runner.run_kernel` (group, resume, overwrite, block_rows, ...).
     """
     decimate = dict(params or {}).get("chi2_decimate", 1)
@@ -138,4 +143,41 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
                        "noise_name": str(calibration.attrs["name"]), "noise_sha256": calibration.sha256})
     full = {**params, "basis_store": basis_store, "basis_name": basis_name,
             "basis_sha256": basis.attrs["basis_sha256"], "rank": basis.rank}
-    return run_kernel(store, ZFIND, client, params=full, **runner)
+    report = run_kernel(store, ZFIND, client, params=full, **runner)
+    if flag_spikes and report.complete:
+        flag_redshift_spikes(store, report.results)
+    return report
+
+
+def flag_redshift_spikes(store: str | PathLike[str], results: str, *, keep_deltachi2: float = 100.0,
+                         p_max: float = 1e-6) -> dict[str, Any]:
+    """Set ``ZWarn.Z_SPIKE`` on the members of the store's redshift spikes (:mod:`dzspec.kernels.zspikes`).
+
+    Reads ``z``, ``zwarn`` and ``deltachi2`` of a complete ``nmf_zfind`` results group (three numbers per spectrum,
+    so even 10^6 spectra take a few MB here), finds the spikes with the other ``zwarn`` bits as the untrusted
+    set, and rewrites ``zwarn`` (deterministic: a rerun gives the same bits). The spikes go to the group's
+    ``redshift_spikes`` attribute. Returns that attribute.
+    """
+    root = zstore.open_root(store, mode="a")
+    group = root[results]
+    params = dict(group.attrs["params"])
+    trial_z = _z_trials(float(params["z_min"]), float(params["z_max"]), float(params["dz"]))
+    zwarn = np.asarray(group["zwarn"][...], dtype=np.uint32)
+    base = zwarn & ~np.uint32(ZWarn.Z_SPIKE)
+    index = trial_index(np.asarray(group["z"][...]), trial_z)
+    spikes = find_spikes(index, trial_z.size, base != 0, p_max=p_max)
+    members = spike_members(index, spikes["trial"], np.asarray(group["deltachi2"][...]),
+                            keep_deltachi2=keep_deltachi2)
+    flagged = np.where(members, base | np.uint32(ZWarn.Z_SPIKE), base).astype(np.uint32)
+    with zstore.run_lock(store, results):
+        if not np.array_equal(flagged, zwarn):
+            group["zwarn"][...] = flagged
+        summary = {"z": [float(trial_z[t]) for t in spikes["trial"]], "count": spikes["count"].tolist(),
+                   "expected": [round(float(e), 3) for e in spikes["expected"]],
+                   "untrusted_fraction": [round(float(f), 3) for f in spikes["untrusted_fraction"]],
+                   "flagged": int(members.sum()), "keep_deltachi2": keep_deltachi2, "p_max": p_max}
+        group.attrs["redshift_spikes"] = zstore.jsonable(summary)
+    if spikes["trial"].size:
+        log.info("%s: %d redshift spikes (z = %s), %d spectra flagged Z_SPIKE", results, spikes["trial"].size,
+                 ", ".join(f"{z:.4f}" for z in summary["z"]), summary["flagged"])
+    return summary

@@ -12,7 +12,7 @@ from dzspec.kernels.nmf_scan import prepare_basis
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid, observed_window
 from dzspec.kernels.zfind import ZNote, ZWarn, nmf_zfind
-from dzspec.parallel.zfind import run_zfind
+from dzspec.parallel.zfind import flag_redshift_spikes, run_zfind
 from dzspec.schema import make_spectra_dataset
 
 pytestmark = pytest.mark.cluster
@@ -141,3 +141,27 @@ def test_zfind_stores_refined_z_and_decimated_chi2_curve(setup, client):
     root = zstore.open_root(tmp / "s.zarr", mode="r")
     stored = root[report.results]["zchi2"]
     assert stored.chunks == (8, 251) and stored.compressors  # chunked along spectrum (the block), compressed
+
+
+def test_redshift_spikes_are_flagged_once_and_cleared_when_gone(setup, client):
+    tmp, *_ = setup
+    report = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="toy", params=PARAMS,
+                       results="results/spikes", progress=False)
+    root = zstore.open_root(tmp / "s.zarr", mode="a")
+    group = root[report.results]
+    assert group.attrs["redshift_spikes"]["z"] == []  # 30 spectra spread over 0.05-0.45: no spike
+    honest = {name: group[name][...] for name in ("z", "zwarn", "deltachi2")}
+    # 15 weak fits drawn to one trial, the way a sky residual draws faint spectra
+    group["z"][:15] = 0.3
+    group["zwarn"][:15] = honest["zwarn"][:15] | np.uint32(ZWarn.LOW_ROBUSTNESS)
+    group["deltachi2"][:15] = np.r_[np.full(14, 3.0), 1e4]  # one of them decisive
+    summary = flag_redshift_spikes(tmp / "s.zarr", report.results)
+    zwarn = group["zwarn"][...]
+    assert summary["z"] == [0.3] and summary["flagged"] == 14
+    assert (zwarn[:14] & ZWarn.Z_SPIKE).all() and not (zwarn[14:] & ZWarn.Z_SPIKE).any()
+    assert flag_redshift_spikes(tmp / "s.zarr", report.results) == summary  # deterministic, no double flags
+    np.testing.assert_array_equal(group["zwarn"][...], zwarn)
+    for name, values in honest.items():
+        group[name][...] = values
+    assert flag_redshift_spikes(tmp / "s.zarr", report.results)["flagged"] == 0
+    np.testing.assert_array_equal(group["zwarn"][...], honest["zwarn"])
