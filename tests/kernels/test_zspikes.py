@@ -32,7 +32,7 @@ def test_an_instrumental_spike_is_found_and_its_weak_members_flagged():
 
 def test_a_galaxy_cluster_is_not_a_spike():
     """Many confident fits at one redshift (e.g. the A478 members at z = 0.086) make a peak, not a spike."""
-    z, untrusted, deltachi2, rng = _survey(1)
+    z, untrusted, _, rng = _survey(1)
     z = np.r_[z, 0.086 + rng.normal(0, 0.003, 300)]
     untrusted = np.r_[untrusted, rng.random(300) < 0.15]
     index = trial_index(z, TRIAL_Z)
