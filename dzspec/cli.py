@@ -184,6 +184,18 @@ def _cmd_calibrate_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
+    from dzspec.parallel.confidence import calibrate_confidence
+
+    report = calibrate_confidence(args.store, args.results, args.basis, basis_name=args.name, purity=args.purity,
+                                  seed=args.seed)
+    print(f"{args.basis}/bases/{args.name}: confidence model stored; LOW_CONFIDENCE below {report['threshold']:.4f}: "
+          f"on the {report['calibration_spectra']} calibration spectra zwarn == 0 is "
+          f"{report['calibration_purity']:.4f} right (without it {report['calibration_purity_without_confidence']:.4f})"
+          f" and keeps {report['calibration_kept_of_known_z']:.3f} of those with a redshift")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from dzspec.cluster import client_from_config
     from dzspec.parallel.pipeline import load_config, run_pipeline
@@ -458,6 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing calibration of that name")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_calibrate_noise)
+
+    p = sub.add_parser("calibrate-confidence", help="learn the NMF confidence model (and the LOW_CONFIDENCE cut) "
+                                                    "from a scanned simulated store, stored with its basis")
+    p.add_argument("store", help="a store with known redshifts (z_true), already scanned by zfind with --basis")
+    p.add_argument("--results", required=True, help="its zfind results group, e.g. results/<grid>/nmf_zfind")
+    p.add_argument("--basis", required=True, help="store holding the basis the scan used (bases/<name>)")
+    p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
+    p.add_argument("--purity", type=float, default=0.995,
+                   help="purity of zwarn == 0 on the calibration half (default 0.995)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration split (default 0)")
+    p.set_defaults(func=_cmd_calibrate_confidence)
 
     p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (ingest, simulate, zfind, lae, "
                                    "stats) in one TOML file")

@@ -61,7 +61,8 @@ ENGINES: tuple[str, ...] = ("nmf_zfind", "madgics_lae")
 
 
 class ZWarn(enum.IntFlag):
-    """NMF ``zwarn`` bits, each a reason not to trust ``z``: 0-11 keep Redrock's meanings, dzspec's own in 13-15.
+    """NMF ``zwarn`` bits, each a reason not to trust ``z``: 0-11 keep Redrock's meanings, dzspec's own in 13-15 and
+    24-31 (16-23 stay free for downstream use, as in Redrock).
 
     Bit 12 held NEGATIVE_MEDIAN_FLUX until that finding moved to :class:`ZNote` (it is informational once the scan
     fits a free-sign pedestal); :func:`upgrade_names` moves it out of older results.
@@ -82,6 +83,7 @@ class ZWarn(enum.IntFlag):
     LOW_SIGNIFICANCE = 1 << 13  #: log10 nmf_significance < -2 (B26 4.3: likely a false source)
     LOW_ROBUSTNESS = 1 << 14  #: nmf_robustness < 3 (B26 4.1)
     Z_SPIKE = 1 << 15  #: z sits on a redshift spike of its store and deltachi2 is not decisive (kernels.zspikes)
+    LOW_CONFIDENCE = 1 << 24  #: confidence below the basis's calibrated threshold (kernels.confidence)
 
 
 class ZNote(enum.IntFlag):
@@ -186,6 +188,8 @@ _FIELD_LIST = [
                 "best trial (constant, then Legendre P1, P2 ... over the observed window)", _NMF,
                 units="1e-17 erg s-1 cm-2 Angstrom-1", dim="nuisance"),
     ResultField("zchi2", "float32", "chi2 over the trial redshifts", _NMF, dim=REDSHIFT_DIM),
+    ResultField("confidence", "float32", "probability that z is right, from the scan's own outputs, by the "
+                "confidence model stored with the basis (NaN without one)", _NMF),
     # MADGICS LAE
     ResultField("lae_dchi2", "float64", "chi2(sky+LAE+res) - chi2(sky+res) at z (<= 0)", _LAE),
     ResultField("lae_abs_dchi2_cal", "float64", "|lae_dchi2| / s^2 with U25's calibration factor s", _LAE),

@@ -9,6 +9,7 @@ A basis lives in ``bases/<name>`` of a store (or a store of its own): ``basis`` 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -21,7 +22,7 @@ from dzspec.io import store as zstore
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 
-__all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "save_basis"]
+__all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "save_basis", "save_confidence"]
 
 
 def grid_attrs(grid: LogGrid) -> dict[str, float | int]:
@@ -113,3 +114,17 @@ def load_basis(path: str | PathLike[str], name: str) -> Basis:
     if array_sha256(basis) != attrs["basis_sha256"]:
         raise StoreError(f"{path}/{group_path}: basis bytes do not match basis_sha256 (modified or corrupt)")
     return Basis(basis, grid_from_attrs(attrs), np.asarray(group["covered"][...], dtype=bool), attrs)
+
+
+def save_confidence(path: str | PathLike[str], name: str, model: dict[str, Any], report: dict[str, Any]) -> str:
+    """Store a confidence model (:class:`dzspec.kernels.confidence.ConfidenceModel` as attrs) with ``bases/<name>``,
+    with how it was made (``report``); returns its SHA-256, which enters the configuration of every scan using it."""
+    root = zstore.open_root(path, mode="a")
+    group_path = f"bases/{name}"
+    if group_path not in root:
+        raise StoreError(f"{path}: no basis {group_path!r}")
+    model = zstore.jsonable(model)
+    sha = hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()
+    root[group_path].attrs.update(zstore.jsonable({"confidence": {**model, "sha256": sha},
+                                                  "confidence_report": report}))
+    return sha

@@ -29,6 +29,7 @@ A config (every key is checked; an unknown or mistyped one is an error that name
     kind = "zfind"
     basis = "bases.zarr"              # store holding bases/<basis_name>
     basis_name = "nmf"
+    noise_calibration = "auto"        # auto | off | a stored calibration's name
 
     [[steps]]
     kind = "stats"
@@ -60,7 +61,8 @@ class ConfigError(ValueError):
 STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "ingest": {"inputs": (list, True), "skip_unknown": (bool, False)},
     "simulate": {"survey": (str, True), "n": (int, True), "seed": (int, False)},
-    "zfind": {"basis": (str, True), "basis_name": (str, False), "params": (dict, False)},
+    "zfind": {"basis": (str, True), "basis_name": (str, False), "params": (dict, False),
+              "noise_calibration": (str, False)},
     "lae": {"prior": (str, True), "prior_name": (str, False), "params": (dict, False)},
     "stats": {"results": (str, True), "by": (list, False), "split": (str, False), "score": (str, False),
               "log10": (bool, False), "marked": ((int, float), False), "positive": (str, False),
@@ -227,7 +229,8 @@ def _zfind(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str,
     from dzspec.parallel.zfind import run_zfind
 
     return run_zfind(config.store, step.options["basis"], client, basis_name=step.options.get("basis_name", "nmf"),
-                     params=step.options.get("params"), **runner).summary()
+                     params=step.options.get("params"),
+                     noise_calibration=step.options.get("noise_calibration", "auto"), **runner).summary()
 
 
 def _lae(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:

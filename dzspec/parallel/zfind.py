@@ -21,6 +21,7 @@ from dzspec.io import store as zstore
 from dzspec.io.bases import Basis, load_basis
 from dzspec.io.noise import load_noise_calibration
 from dzspec.kernels.base import KernelSpec, OutputSpec
+from dzspec.kernels.confidence import FEATURE_INPUTS, ConfidenceModel, scan_features
 from dzspec.kernels.nmf_scan import PreparedBasis, prepare_basis
 from dzspec.kernels.restframe import observed_window
 from dzspec.kernels.zfind import MIN_DELTACHI2, ZWarn, nmf_zfind
@@ -29,7 +30,7 @@ from dzspec.parallel.noise_calibration import resolve_noise_calibration
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, output_specs
 
-__all__ = ["ZFIND", "flag_redshift_spikes", "run_zfind"]
+__all__ = ["ZFIND", "finalize_zfind", "run_zfind"]
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,18 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
                  basis_sha256: str, rank: int, z_min: float, z_max: float, dz: float, weighting: str,
                  support_floor: float, n_candidates: int, refine: bool, store_chi2: bool,
                  chi2_decimate: int, nuisance_order: int, noise_store: str, noise_group: str, noise_name: str,
-                 noise_sha256: str) -> dict[str, np.ndarray]:
+                 noise_sha256: str, confidence_sha256: str) -> dict[str, np.ndarray]:
     basis = _basis(basis_store, basis_name, basis_sha256)
     if noise_sha256:  # sky-subtraction residuals the pipeline variance leaves out (METHODS §5.7)
         ivar = ivar / _noise_scale(noise_store, noise_group, noise_name, noise_sha256) ** 2
     _, n_obs = observed_window(wavelength, basis.grid)
     prepared = _prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
     z_trials = _z_trials(z_min, z_max, dz)
-    return nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=basis.grid.shift_of(z_trials),
-                     weighting=weighting, n_candidates=n_candidates, refine=refine, store_chi2=store_chi2,
-                     chi2_decimate=chi2_decimate, nuisance_order=nuisance_order)
+    out = nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=basis.grid.shift_of(z_trials),
+                    weighting=weighting, n_candidates=n_candidates, refine=refine, store_chi2=store_chi2,
+                    chi2_decimate=chi2_decimate, nuisance_order=nuisance_order)
+    out["confidence"] = np.full(flux.shape[0], np.nan, np.float32)  # needs the whole store: finalize_zfind
+    return out
 
 
 def _z_trials(z_min: float, z_max: float, dz: float) -> np.ndarray:
@@ -78,7 +81,7 @@ def _z_trials(z_min: float, z_max: float, dz: float) -> np.ndarray:
 
 def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
     names = ["z", "chi2", "deltachi2", "npixels", "coeff", "nmf_significance", "nmf_robustness", "candidate_z",
-             "candidate_chi2", "candidate_significance", "zwarn", "znote"]
+             "candidate_chi2", "candidate_significance", "zwarn", "znote", "confidence"]
     if int(params["nuisance_order"]) >= 0:
         names.append("nuisance_coeff")
     sizes = {"coeff": int(params["rank"]), CANDIDATE_DIM: int(params["n_candidates"]),
@@ -111,21 +114,21 @@ ZFIND = KernelSpec(
     version="3",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
               "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 2,
-              "noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": ""},
+              "noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": "", "confidence_sha256": ""},
 )
 
 
 def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], client: Client, *,
               basis_name: str = "nmf", params: Mapping[str, Any] | None = None, noise_calibration: str = "auto",
-              flag_spikes: bool = True, **runner: Any) -> RunReport:
+              finalize: bool = True, **runner: Any) -> RunReport:
     """Scan every spectrum of a store's spectra group with a saved basis, into ``results/<grid>/nmf_zfind``.
 
     ``params`` override :data:`ZFIND`'s defaults (trial grid, weighting, ``refine``, ``store_chi2``,
     ``chi2_decimate``, ``nuisance_order`` ...; Moose's ``weighting="unweighted"`` fit has no nuisance terms, so
     there the default order is -1); ``noise_calibration`` is ``"auto"`` (the group's own calibration, measured first
     when missing or stale and the group is large enough: :func:`~dzspec.parallel.noise_calibration.
-    resolve_noise_calibration`), ``"off"``, or the name of a stored one; with ``flag_spikes`` a complete run ends
-    with :func:`flag_redshift_spikes`; ``runner`` goes to
+    resolve_noise_calibration`), ``"off"``, or the name of a stored one; with ``finalize`` a complete run ends
+    with :func:`finalize_zfind` (redshift spikes, confidence); ``runner`` goes to
     :func:`dzspec.parallel.runner.run_kernel` (group, resume, overwrite, block_rows, ...).
     """
     decimate = dict(params or {}).get("chi2_decimate", 1)
@@ -141,41 +144,64 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     if calibration is not None:
         params.update({"noise_store": str(Path(store).resolve()), "noise_group": spectra,
                        "noise_name": str(calibration.attrs["name"]), "noise_sha256": calibration.sha256})
+    model = basis.attrs.get("confidence")
+    if model is not None:
+        ConfidenceModel.from_attrs(model)  # refuse one made for other features before any work starts
+        params["confidence_sha256"] = model["sha256"]
     full = {**params, "basis_store": basis_store, "basis_name": basis_name,
             "basis_sha256": basis.attrs["basis_sha256"], "rank": basis.rank}
     report = run_kernel(store, ZFIND, client, params=full, **runner)
-    if flag_spikes and report.complete:
-        flag_redshift_spikes(store, report.results)
+    if finalize and report.complete:
+        finalize_zfind(store, report.results)
     return report
 
 
-def flag_redshift_spikes(store: str | PathLike[str], results: str, *, keep_deltachi2: float = 100.0,
-                         p_max: float = 1e-6) -> dict[str, Any]:
-    """Set ``ZWarn.Z_SPIKE`` on the members of the store's redshift spikes (:mod:`dzspec.kernels.zspikes`).
+def finalize_zfind(store: str | PathLike[str], results: str, *, keep_deltachi2: float = 100.0,
+                   p_max: float = 1e-6) -> dict[str, Any]:
+    """The store-level passes after a complete ``nmf_zfind`` run: redshift spikes, then confidence.
 
-    Reads ``z``, ``zwarn`` and ``deltachi2`` of a complete ``nmf_zfind`` results group (three numbers per spectrum,
-    so even 10^6 spectra take a few MB here), finds the spikes with the other ``zwarn`` bits as the untrusted
-    set, and rewrites ``zwarn`` (deterministic: a rerun gives the same bits). The spikes go to the group's
-    ``redshift_spikes`` attribute. Returns that attribute.
+    1. ``ZWarn.Z_SPIKE`` on the members of the store's redshift spikes (:mod:`dzspec.kernels.zspikes`), with the
+       other ``zwarn`` bits as the untrusted set; the spikes go to the ``redshift_spikes`` attribute;
+    2. when the basis carries a confidence model (``dzspec calibrate-confidence``), ``confidence`` for every
+       spectrum (:mod:`dzspec.kernels.confidence`) and ``ZWarn.LOW_CONFIDENCE`` below its threshold.
+
+    Reads a few columns per spectrum (even 10^6 spectra take some tens of MB here) and rewrites ``zwarn`` and
+    ``confidence``; deterministic, so a rerun or a resumed run gives the same bits. Returns the spikes summary.
     """
     root = zstore.open_root(store, mode="a")
     group = root[results]
     params = dict(group.attrs["params"])
     trial_z = _z_trials(float(params["z_min"]), float(params["z_max"]), float(params["dz"]))
     zwarn = np.asarray(group["zwarn"][...], dtype=np.uint32)
-    base = zwarn & ~np.uint32(ZWarn.Z_SPIKE)
+    base = zwarn & ~np.uint32(ZWarn.Z_SPIKE | ZWarn.LOW_CONFIDENCE)
     index = trial_index(np.asarray(group["z"][...]), trial_z)
     spikes = find_spikes(index, trial_z.size, base != 0, p_max=p_max)
     members = spike_members(index, spikes["trial"], np.asarray(group["deltachi2"][...]),
                             keep_deltachi2=keep_deltachi2)
     flagged = np.where(members, base | np.uint32(ZWarn.Z_SPIKE), base).astype(np.uint32)
+    summary = {"z": [float(trial_z[t]) for t in spikes["trial"]], "count": spikes["count"].tolist(),
+               "expected": [round(float(e), 3) for e in spikes["expected"]],
+               "untrusted_fraction": [round(float(f), 3) for f in spikes["untrusted_fraction"]],
+               "flagged": int(members.sum()), "keep_deltachi2": keep_deltachi2, "p_max": p_max}
+    confidence = None
+    if params.get("confidence_sha256"):
+        stored = load_basis(params["basis_store"], params["basis_name"]).attrs.get("confidence", {})
+        if stored.get("sha256") != params["confidence_sha256"]:
+            raise ValueError(f"{params['basis_store']}/bases/{params['basis_name']}: the confidence model changed "
+                             "since the scan started")
+        model = ConfidenceModel.from_attrs(stored)
+        columns = {name: group[name][...] for name in FEATURE_INPUTS if name in group}
+        columns["zwarn"] = flagged
+        confidence = model.predict(scan_features(columns, spike_bit=int(ZWarn.Z_SPIKE),
+                                                 npixels_max=int(np.nanmax(columns["npixels"]))))
+        confidence[~np.isfinite(np.asarray(group["z"][...]))] = np.nan
+        with np.errstate(invalid="ignore"):
+            flagged[~(confidence >= model.threshold)] |= np.uint32(ZWarn.LOW_CONFIDENCE)
     with zstore.run_lock(store, results):
         if not np.array_equal(flagged, zwarn):
             group["zwarn"][...] = flagged
-        summary = {"z": [float(trial_z[t]) for t in spikes["trial"]], "count": spikes["count"].tolist(),
-                   "expected": [round(float(e), 3) for e in spikes["expected"]],
-                   "untrusted_fraction": [round(float(f), 3) for f in spikes["untrusted_fraction"]],
-                   "flagged": int(members.sum()), "keep_deltachi2": keep_deltachi2, "p_max": p_max}
+        if confidence is not None:
+            group["confidence"][...] = confidence.astype(np.float32)
         group.attrs["redshift_spikes"] = zstore.jsonable(summary)
     if spikes["trial"].size:
         log.info("%s: %d redshift spikes (z = %s), %d spectra flagged Z_SPIKE", results, spikes["trial"].size,

@@ -1,5 +1,6 @@
 """dzspec zfind: an NMF basis scanned over a store through the block runner."""
 
+import shutil
 import warnings
 
 import numpy as np
@@ -7,12 +8,13 @@ import pytest
 
 from dzspec.errors import BadSpectrumWarning
 from dzspec.io import store as zstore
-from dzspec.io.bases import save_basis
+from dzspec.io.bases import load_basis, save_basis
 from dzspec.kernels.nmf_scan import prepare_basis
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid, observed_window
 from dzspec.kernels.zfind import ZNote, ZWarn, nmf_zfind
-from dzspec.parallel.zfind import flag_redshift_spikes, run_zfind
+from dzspec.parallel.confidence import calibrate_confidence
+from dzspec.parallel.zfind import finalize_zfind, run_zfind
 from dzspec.schema import make_spectra_dataset
 
 pytestmark = pytest.mark.cluster
@@ -155,13 +157,44 @@ def test_redshift_spikes_are_flagged_once_and_cleared_when_gone(setup, client):
     group["z"][:15] = 0.3
     group["zwarn"][:15] = honest["zwarn"][:15] | np.uint32(ZWarn.LOW_ROBUSTNESS)
     group["deltachi2"][:15] = np.r_[np.full(14, 3.0), 1e4]  # one of them decisive
-    summary = flag_redshift_spikes(tmp / "s.zarr", report.results)
+    summary = finalize_zfind(tmp / "s.zarr", report.results)
     zwarn = group["zwarn"][...]
     assert summary["z"] == [0.3] and summary["flagged"] == 14
     assert (zwarn[:14] & ZWarn.Z_SPIKE).all() and not (zwarn[14:] & ZWarn.Z_SPIKE).any()
-    assert flag_redshift_spikes(tmp / "s.zarr", report.results) == summary  # deterministic, no double flags
+    assert finalize_zfind(tmp / "s.zarr", report.results) == summary  # deterministic, no double flags
     np.testing.assert_array_equal(group["zwarn"][...], zwarn)
     for name, values in honest.items():
         group[name][...] = values
-    assert flag_redshift_spikes(tmp / "s.zarr", report.results)["flagged"] == 0
+    assert finalize_zfind(tmp / "s.zarr", report.results)["flagged"] == 0
     np.testing.assert_array_equal(group["zwarn"][...], honest["zwarn"])
+
+
+def test_confidence_model_is_learned_stored_with_the_basis_and_fills_confidence(setup, client, tmp_path):
+    tmp, z_true, *_ = setup
+    basis_store = tmp_path / "basis.zarr"
+    shutil.copytree(tmp / "basis.zarr", basis_store)  # the module's basis stays without a model
+    report = run_zfind(tmp / "s.zarr", basis_store, client, basis_name="toy", params=PARAMS,
+                       results="results/conf", progress=False)
+    root = zstore.open_root(tmp / "s.zarr", mode="a")
+    spectra = root[root[report.results].attrs["input_group"]]
+    wrong = np.arange(0, 30, 3)
+    try:  # a third of the truth made wrong, so that there is something to learn
+        spectra["z_true"][wrong] = z_true[wrong] + 0.2
+        summary = calibrate_confidence(tmp / "s.zarr", report.results, basis_store, basis_name="toy",
+                                       purity=0.9, seed=1)
+    finally:
+        spectra["z_true"][...] = z_true
+    assert summary["fit_spectra"] + summary["calibration_spectra"] == 29  # row 7 has no data
+    assert 0.0 <= summary["threshold"] <= 1.0
+    stored = load_basis(basis_store, "toy").attrs["confidence"]
+    assert stored["sha256"] == summary["confidence_sha256"] and stored["threshold"] == summary["threshold"]
+    with pytest.raises(Exception, match="config_sha256 differs"):  # a new model is a new configuration
+        run_zfind(tmp / "s.zarr", basis_store, client, basis_name="toy", params=PARAMS, results="results/conf",
+                  resume=True, progress=False)
+    again = run_zfind(tmp / "s.zarr", basis_store, client, basis_name="toy", params=PARAMS, results="results/conf",
+                      overwrite=True, progress=False)
+    results = zstore.open_results(tmp / "s.zarr", again.results).compute()
+    confidence = results.confidence.values
+    assert np.isnan(confidence[7]) and np.isfinite(np.delete(confidence, 7)).all()
+    low = (results.zwarn.values & ZWarn.LOW_CONFIDENCE) != 0
+    np.testing.assert_array_equal(low[np.arange(30) != 7], confidence[np.arange(30) != 7] < summary["threshold"])
