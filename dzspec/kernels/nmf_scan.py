@@ -709,7 +709,7 @@ def _schur(gp: np.ndarray, b: np.ndarray, c: float, f: np.ndarray, w: np.ndarray
                                                      np.ndarray]:
     """Eliminate the free-sign nuisance coefficients from the normal equations (METHODS §5.7).
 
-    With ``G_PP = T^-1 T^-T`` (``T`` from an eigendecomposition, so a rank-deficient ``G_PP`` keeps its range), the
+    With ``G_PP^-1 = T^T T`` (``T`` from an eigendecomposition, so a rank-deficient ``G_PP`` keeps its range), the
     reduced problem is ``G' = G_HH - A A^T``, ``b' = b_H - A u``, ``c' = c - u^T u`` with ``A = G_HP T^T`` and
     ``u = T b_P``; the nuisance coefficients are ``beta = T^T (u - A^T omega)``. Returns the packed ``G'``, ``b'``,
     ``c'``, ``T``, ``A`` and ``u``. A basis row that the nuisance terms reproduce on the window to within
