@@ -69,9 +69,11 @@ _PIVOT_REL = 1e-13
 #: recomputed by FFTs restricted to the pixels those lags' windows cover (round-off relative to the row's size
 #: *there*), halving the set of lags while some stay weak, and by direct sums for the last few (:func:`_refine_row`).
 _WEAK_REL = 1e-6
-#: A basis row whose Gram on a window drops below this fraction once the nuisance terms are projected out (METHODS
-#: §5.7) is, there, a combination of the nuisance vectors: its reduced Gram is round-off and the row is dropped.
-_SCHUR_REL = 1e-9
+#: A basis row whose weighted norm on a window drops below this fraction (squared) once the nuisance terms are
+#: projected out (METHODS §5.7) is, there, a smooth polynomial to within 0.1 %: the nuisance terms already span it, and
+#: all it could add is a cancellation at absurd coefficients (1e6 against the polynomial) that float64 Grams cannot
+#: resolve. Such a row is left out at that lag, in the fast scan and in :func:`reference_scan` alike.
+_SCHUR_REL = 1e-6
 #: Lags (per row and group) at or below which the weak-row refinement sums directly instead of by FFT.
 _DIRECT_LAGS = 24
 #: Halvings of a group of weak lags before the remaining ones are summed directly.
@@ -1104,7 +1106,7 @@ def reference_scan(
             r = f - om @ window
         else:
             design = np.vstack([window, p])
-            used = np.r_[np.any(window * sw != 0, axis=1), np.ones(p.shape[0], dtype=bool)]  # all-zero columns: 0
+            used = np.r_[_beyond_nuisance(sw * window, sw * p), np.ones(p.shape[0], dtype=bool)]
             fit = scipy.optimize.lsq_linear(sw[:, None] * design[used].T, y, bounds=(lower[used], np.inf),
                                             method="bvls", tol=1e-14, lsmr_tol="auto")
             x = np.zeros(k + p.shape[0])
@@ -1114,3 +1116,12 @@ def reference_scan(
         chi2[i] = np.sum(w * r * r)
         omega[i] = om
     return chi2, omega
+
+
+def _beyond_nuisance(rows: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+    """Which (weighted) rows keep more than :data:`_SCHUR_REL` of their squared norm once projected off the span of
+    the (weighted) nuisance vectors; all-zero rows never do."""
+    q, _ = np.linalg.qr(nuisance.T)
+    residual = rows - (rows @ q) @ q.T
+    norm = np.sum(rows * rows, axis=1)
+    return (norm > 0) & (np.sum(residual * residual, axis=1) > _SCHUR_REL * norm)
