@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, WorkerPlugin
 
 __all__ = [
     "JOBQUEUE_CLASSES",
@@ -136,14 +136,15 @@ def make_client(
                 "distributed.worker.memory.terminate": 0.95,
             }
         ):
-            cluster = LocalCluster(
+            # The client starts the cluster itself, so that closing the client (``with make_client() as c``)
+            # also stops its workers; Client(LocalCluster(...)) would leave them running in a long process.
+            client = Client(
                 n_workers=workers,
                 threads_per_worker=threads,
                 processes=processes,
                 memory_limit=memory_limit,
                 dashboard_address=dashboard_address or ":0",
             )
-        client = Client(cluster)
     if processes or address:
         client.register_plugin(WorkerTuning())
     log.info("dask client ready: %s", client.dashboard_link)
@@ -170,10 +171,10 @@ def jobqueue_cluster(kind: str, jobqueue: dict[str, Any] | None = None) -> Any:
     return getattr(dask_jobqueue, JOBQUEUE_CLASSES[kind])(**options)
 
 
-class _GatewayClient(Client):
-    """A client that closes its Dask Gateway cluster object when it closes, as ``Client()`` closes the LocalCluster
-    it started: a cluster made with ``shutdown_on_close=True`` is shut down then, not when the interpreter exits; one
-    it only connected to is disconnected."""
+class _OwningClient(Client):
+    """A client that closes the cluster object it was made for when it closes, as ``Client()`` closes the
+    LocalCluster it started (``Client(cluster)`` alone leaves it: a batch cluster's jobs would run on to their
+    walltime, in a long process its workers would stay up)."""
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         cluster = self.cluster
@@ -181,7 +182,20 @@ class _GatewayClient(Client):
             return super().close(*args, **kwargs)
         finally:
             if cluster is not None:
-                _close_gateway_cluster(cluster)
+                self._close_cluster(cluster)
+
+    @staticmethod
+    def _close_cluster(cluster: Any) -> None:
+        cluster.close()
+
+
+class _GatewayClient(_OwningClient):
+    """An :class:`_OwningClient` of a Dask Gateway cluster: one made with ``shutdown_on_close=True`` is shut down
+    when the client closes, not when the interpreter exits; one it only connected to is disconnected."""
+
+    @staticmethod
+    def _close_cluster(cluster: Any) -> None:
+        _close_gateway_cluster(cluster)
 
 
 def _close_gateway_cluster(cluster: Any) -> None:
@@ -262,7 +276,7 @@ def client_from_config(cluster: dict[str, Any] | None = None) -> Client:
         raise ValueError("cluster.kind = 'mpi' runs under srun/mpirun: python -m dzspec.parallel.mpi CONFIG")
     batch = jobqueue_cluster(kind, cluster.get("jobqueue"))
     batch.scale(jobs=cluster.get("workers", 1))
-    client = Client(batch)
+    client = _OwningClient(batch)  # closing the client cancels the jobs
     client.register_plugin(WorkerTuning())
     log.info("dask client ready: %s (%s jobs requested)", client.dashboard_link, cluster.get("workers", 1))
     return client

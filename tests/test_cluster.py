@@ -61,6 +61,19 @@ def test_workers_run_one_blas_thread_each_and_keep_temporaries_on_the_heap():
     assert settings == [("1", "1", [1])]
 
 
+def test_closing_the_client_stops_the_workers_it_started():
+    """The CLI and the tests run many clusters in one process: each must take its worker processes with it."""
+    import psutil
+
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    with make_client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        started = {child.pid for child in me.children(recursive=True)} - before
+        assert len(started) >= 2 and len(client.scheduler_info()["workers"]) == 2
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=10)
+    assert not alive
+
+
 def test_gateway_kind_without_dask_gateway_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_gateway", None)  # as if not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'dzspec[gateway]'")):
