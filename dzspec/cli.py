@@ -108,7 +108,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     paths = dict(item.split("=", 1) for item in args.ingredient or [])
     with _client(args) as client:
         report = simulate(args.store, args.survey, args.n, client, seed=args.seed, ingredient_paths=paths,
-                          chunk_rows=args.chunk_rows, progress=not args.no_progress)
+                          chunk_rows=args.chunk_rows, progress=not args.no_progress, continua=args.continua)
     print(report.summary())
     return 0 if report.complete else 1
 
@@ -401,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ingredient", action="append", metavar="NAME=PATH",
                    help="optional ingredient file for the survey's loader, e.g. sky_path=sky-uves.fits")
     p.add_argument("--chunk-rows", type=int, help="spectra per chunk of a new group (default: 64 MiB of flux)")
+    p.add_argument("--continua", choices=("analytic", "sps"), default="analytic",
+                   help="galaxy continua: the built-in analytic shape (default) or stellar populations, which need "
+                        "the grid as an ingredient (MUSE ssp_path=, DESI templates_path=, e.g. "
+                        "sps/bc03_miles_subset.npz)")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_simulate)
 

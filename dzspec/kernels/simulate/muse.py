@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import percentile_filter, uniform_filter1d
+from scipy.ndimage import gaussian_filter1d, percentile_filter, uniform_filter1d
 from scipy.special import erf, ndtri
 
 from dzspec.kernels.airvac import air_to_vacuum
@@ -54,7 +54,9 @@ from dzspec.kernels.simulate.common import (
     EMISSION_LINES,
     FIXED_RATIOS,
     SimulatedBlock,
+    SSPGrid,
     ab_magnitude,
+    age_of_universe_gyr,
     row_rng,
 )
 from dzspec.kernels.simulate.sky import SkySpectrum, builtin_sky, sky_on_grid
@@ -370,8 +372,14 @@ class MuseIngredients:
         Columns of a MUSE catalogue used as prior: ``Z_MUSE`` (and ``CONFID``, kept where >= 1) replace the
         redshift histogram weights.
     sky_residual_pattern
-        A real blank-sky residual/sigma pattern on the MUSE grid (e.g. the mean of the faintest spaxels of a
-        cube); when given, it replaces the model sky residuals (times a random per-spectrum amplitude).
+        Real blank-sky residual/sigma patterns on the MUSE grid, ``(nwave,)`` or a library ``(npattern, nwave)``
+        (e.g. the mean of the faintest spaxels of a cube, per spatial tile); when given, they replace the model
+        sky residuals: each spectrum carries one pattern of the library, with a random sign and amplitude.
+    stellar_populations
+        A single-stellar-population grid (:class:`~dzspec.kernels.simulate.common.SSPGrid`, e.g. BC03/MILES);
+        when given, galaxy continua are stellar populations (an old and a young burst, ages below the age of the
+        universe at z, metallicity, Calzetti dust) instead of the analytic shape, and the stellar and Balmer
+        absorption lines are the populations' own.
     """
 
     sky: SkySpectrum | None = None
@@ -379,6 +387,7 @@ class MuseIngredients:
     filter_throughput: np.ndarray | None = None
     catalog: Mapping[str, np.ndarray] | None = None
     sky_residual_pattern: np.ndarray | None = None
+    stellar_populations: SSPGrid | None = None
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
@@ -720,12 +729,93 @@ def _continuum_shape(lam_obs: np.ndarray, z: np.ndarray, p: dict[str, np.ndarray
     return np.exp(ln_g) * (1.0 / d + (1.0 - 1.0 / d) * step)
 
 
+# Stellar-population continua, per galaxy class (passive, starforming, desert, lae): metallicity range (Z/Zsun,
+# log-uniform), age ranges (Gyr, log-uniform, capped by the age of the universe at z less 0.27 Gyr, its age at
+# z = 15) of the old and the young burst, and the young burst's share of the light at 5500 A rest.
+_SSP_ZMET = np.array([(0.4, 2.5), (0.2, 1.0), (0.02, 0.4), (0.005, 0.2)])
+_SSP_OLD_GYR = np.array([(1.0, 13.0), (0.3, 13.0), (0.1, 13.0), (0.05, 13.0)])
+_SSP_YOUNG_GYR = np.array([(0.01, 0.3), (0.005, 0.3), (0.003, 0.2), (0.002, 0.1)])
+_SSP_YOUNG_LIGHT = np.array([(0.0, 0.03), (0.05, 0.7), (0.3, 0.9), (0.5, 1.0)])
+_SSP_FORMATION_GYR = 0.27
+_SSP_DUST_RATIO = 0.44  # E(B-V) of the stars / of the gas (Calzetti 2000)
+_SSP_BROADENING_KMS = 100.0  # velocity dispersion added to the templates' own resolution
+_SSP_DLN = 1e-4  # rest log-wavelength step of the resampled grid (30 km/s)
+_SSP_RANGE = (550.0, 9600.0)  # rest Angstrom: the MUSE grid at 0 < z < 6.7
+
+
+@dataclass(frozen=True, eq=False)
+class _SSPLibrary:
+    """An :class:`SSPGrid` resampled on a log-wavelength grid, broadened, each template 1 at 5500 A rest."""
+
+    ln_wave0: float
+    flux: np.ndarray  # (nmetallicity * nage, npixel) float32
+    ln_age: np.ndarray  # ln(age / Gyr)
+    ln_zmet: np.ndarray
+
+
+def _ssp_library(ingredients: MuseIngredients | None) -> _SSPLibrary | None:
+    grid = None if ingredients is None else ingredients.stellar_populations
+    if grid is None:
+        return None
+    if "ssp" not in ingredients._prepared:  # type: ignore[union-attr]
+        ln = np.arange(np.log(_SSP_RANGE[0]), np.log(_SSP_RANGE[1]), _SSP_DLN)
+        flat = np.asarray(grid.flux, np.float64).reshape(-1, grid.wavelength.size)
+        resampled = np.stack([np.interp(np.exp(ln), grid.wavelength, f, left=0.0, right=0.0) for f in flat])
+        resampled = gaussian_filter1d(resampled, _SSP_BROADENING_KMS / C_KMS / _SSP_DLN, axis=1, mode="nearest")
+        window = (np.exp(ln) > 5450.0) & (np.exp(ln) < 5550.0)
+        norm = resampled[:, window].mean(axis=1)
+        if not np.all(norm > 0):
+            raise ValueError("a stellar population has no flux at 5450-5550 A rest")
+        ingredients._prepared["ssp"] = _SSPLibrary(  # type: ignore[union-attr]
+            ln_wave0=float(ln[0]), flux=(resampled / norm[:, None]).astype(np.float32),
+            ln_age=np.log(np.asarray(grid.age_yr, np.float64) / 1e9),
+            ln_zmet=np.log(np.asarray(grid.zmet_zsol, np.float64)))
+    return ingredients._prepared["ssp"]  # type: ignore[union-attr,no-any-return]
+
+
+def _ssp_mixture(lib: _SSPLibrary, c: np.ndarray, zsys: np.ndarray, u_zmet: np.ndarray, u_old: np.ndarray,
+                 u_young: np.ndarray, u_light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Template indices and weights (n, 4): an old and a young burst, each interpolated linearly in ln(age)
+    between its two neighbouring grid ages, at the grid metallicity nearest a class-dependent draw."""
+    nage = lib.ln_age.size
+    ln_zmet = _uni(u_zmet, np.log(_SSP_ZMET[c, 0]), np.log(_SSP_ZMET[c, 1]))
+    iz = np.argmin(np.abs(ln_zmet[:, None] - lib.ln_zmet[None, :]), axis=1)
+    cap = np.log(np.maximum(age_of_universe_gyr(zsys) - _SSP_FORMATION_GYR, 0.02))
+    light = _uni(u_light, _SSP_YOUNG_LIGHT[c, 0], _SSP_YOUNG_LIGHT[c, 1])
+    idx, weights = [], []
+    for u, table, share in ((u_old, _SSP_OLD_GYR, 1.0 - light), (u_young, _SSP_YOUNG_GYR, light)):
+        hi = np.minimum(np.log(table[c, 1]), cap)
+        lo = np.minimum(np.log(table[c, 0]), hi - np.log(2.0))
+        ln_age = _uni(u, lo, hi)
+        ia = np.clip(np.searchsorted(lib.ln_age, ln_age) - 1, 0, nage - 2)
+        t = np.clip((ln_age - lib.ln_age[ia]) / (lib.ln_age[ia + 1] - lib.ln_age[ia]), 0.0, 1.0)
+        idx += [iz * nage + ia, iz * nage + ia + 1]
+        weights += [share * (1.0 - t), share * t]
+    return np.stack(idx, axis=1), np.stack(weights, axis=1)
+
+
+def _ssp_continuum(lib: _SSPLibrary, idx: np.ndarray, weights: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """The mixture ``sum_j weights[:, j] * template[idx[:, j]]`` at rest wavelengths ``rest`` (n, k), linear in
+    ln(lambda); 0 outside the grid."""
+    npix = lib.flux.shape[1]
+    pos = (np.log(rest) - lib.ln_wave0) / _SSP_DLN
+    i = np.clip(np.floor(pos).astype(np.intp), 0, npix - 2)
+    t = np.clip(pos - i, 0.0, 1.0)
+    out = np.zeros(rest.shape)
+    for j in range(idx.shape[1]):
+        template = idx[:, j, None]
+        out += weights[:, j, None] * ((1.0 - t) * lib.flux[template, i] + t * lib.flux[template, i + 1])
+    return np.where((pos >= 0) & (pos <= npix - 1), out, 0.0)
+
+
 def _galaxy(u: np.ndarray, cls: np.ndarray, z: np.ndarray, depth: np.ndarray, config: MuseSimConfig,
-            inst: _Instrument, sink: _LineSink, scale: np.ndarray, batch_rows: np.ndarray) -> _Component:
+            inst: _Instrument, sink: _LineSink, scale: np.ndarray, batch_rows: np.ndarray,
+            ssp: _SSPLibrary | None = None) -> _Component:
     """One galaxy per row with ``cls`` in the galaxy classes (others: zero), its lines added to ``sink``.
 
     ``u`` holds the component's uniforms (n, len(_C)); ``scale`` multiplies the whole galaxy (blends);
-    ``batch_rows`` are the rows of the batch these are (the rows of ``sink`` and of the line ids).
+    ``batch_rows`` are the rows of the batch these are (the rows of ``sink`` and of the line ids); ``ssp``
+    makes the continua stellar populations (the analytic shape otherwise).
     """
     n = u.shape[0]
     wave = inst.wave
@@ -739,27 +829,41 @@ def _galaxy(u: np.ndarray, cls: np.ndarray, z: np.ndarray, depth: np.ndarray, co
     def per_class(table: np.ndarray, name: str) -> np.ndarray:
         return _uni(col(name), table[c, 0], table[c, 1])
 
-    p = {"beta_uv": per_class(_BETA_UV, "beta_uv"), "beta_mid": per_class(_BETA_MID, "beta_mid"),
-         "beta_opt": per_class(_BETA_OPT, "beta_opt"), "break": per_class(_BREAK, "break"),
-         "break_center": _BREAK_CENTER[c], "break_width": _BREAK_WIDTH[c]}  # fmt: skip
+    # Systemic redshift: LAE red peaks sit at z_true, their other lines lya_offset_kms bluer.
+    offset = np.where(c == _LAE, _uni(col("lya_offset"), *config.lya_offset_kms), 0.0)
+    zsys = (1.0 + zz) / (1.0 + offset / C_KMS) - 1.0
+    ebv = np.where(c == _PASSIVE, 0.2, np.where(c == _SF, config.ebv_max, 0.4 * config.ebv_max)) * col("ebv") ** 2
+    if ssp is None:
+        p = {"beta_uv": per_class(_BETA_UV, "beta_uv"), "beta_mid": per_class(_BETA_MID, "beta_mid"),
+             "beta_opt": per_class(_BETA_OPT, "beta_opt"), "break": per_class(_BREAK, "break"),
+             "break_center": _BREAK_CENTER[c], "break_width": _BREAK_WIDTH[c]}  # fmt: skip
+
+        def shape(lam_obs: np.ndarray, z_shape: np.ndarray) -> np.ndarray:
+            return _continuum_shape(lam_obs, z_shape, p)
+    else:
+        # The analytic shape's uniforms draw the populations: a spectrum keeps its other draws either way.
+        mix = _ssp_mixture(ssp, c, zsys, col("beta_uv"), col("beta_mid"), col("beta_opt"), col("break"))
+        stars_ebv = _SSP_DUST_RATIO * ebv
+
+        def shape(lam_obs: np.ndarray, z_shape: np.ndarray) -> np.ndarray:
+            rest = lam_obs / (1.0 + z_shape[:, None])
+            dust = 10 ** (-0.4 * stars_ebv[:, None] * _calzetti(np.maximum(rest, 1200.0)))
+            return _ssp_continuum(ssp, *mix, rest) * dust
+
     depth_shift = np.log10(depth / config.flux_reference_hours) * config.flux_depth_exponent
     mags = np.array([config.mag_passive, config.mag_starforming, config.mag_desert, config.mag_lae])
     mag = mags[c, 0] + mags[c, 1] * _gauss(col("mag")) + 2.5 * depth_shift
     mag = np.clip(mag, *config.mag_range)
     f_norm = 10 ** (-0.4 * (mag + 48.6)) * 2.99792458e18 / 7750.0**2 / 1e-17
-    amp = f_norm / _continuum_shape(np.full((n, 1), 7750.0), zz, p)[:, 0] * scale * active
-    # Systemic redshift: LAE red peaks sit at z_true, their other lines lya_offset_kms bluer.
-    offset = np.where(c == _LAE, _uni(col("lya_offset"), *config.lya_offset_kms), 0.0)
-    zsys = (1.0 + zz) / (1.0 + offset / C_KMS) - 1.0
-
-    continuum = amp[:, None] * _continuum_shape(wave[None, :], zsys, p)
+    amp = f_norm / np.maximum(shape(np.full((n, 1), 7750.0), zz)[:, 0], 1e-30) * scale * active
+    continuum = amp[:, None] * shape(np.broadcast_to(wave, (n, wave.size)), zsys)
     igm_rows = np.flatnonzero(active & (1215.67 * (1.0 + zsys) > wave[0] - 50.0))
     if igm_rows.size:
         continuum[igm_rows] *= _igm_transmission(wave[None, :], zsys[igm_rows, None])
 
     def cont_at(rest_wave: np.ndarray, zline: np.ndarray) -> np.ndarray:
         obs = np.atleast_2d(rest_wave) * (1.0 + zline[:, None])
-        return amp[:, None] * _continuum_shape(obs, zsys, p)
+        return amp[:, None] * shape(obs, zsys)
 
     sigma_v = _logu(col("sigma_v"), *config.sigma_v_kms)
     sigma_star = np.where(c == _PASSIVE, _uni(col("sigma_star"), *config.sigma_star_kms), sigma_v)
@@ -777,11 +881,12 @@ def _galaxy(u: np.ndarray, cls: np.ndarray, z: np.ndarray, depth: np.ndarray, co
         intr_l.append(intrinsic)
 
     # Absorption: stellar, Balmer, interstellar UV (EW in the rest frame -> flux with the local continuum).
-    stellar = per_class(_STELLAR_ABS, "stellar")
+    # Stellar populations carry their own stellar and Balmer absorption.
+    stellar = per_class(_STELLAR_ABS, "stellar") * (ssp is None)
     for name, (rest, ew, intrinsic) in _STELLAR_LINES.items():
         add(name, rest, zsys, -ew * stellar * (1.0 + zsys) * cont_at(np.array([rest]), zsys)[:, 0], sigma_star,
             intrinsic)
-    balmer = per_class(_BALMER_ABS, "balmer")
+    balmer = per_class(_BALMER_ABS, "balmer") * (ssp is None)
     for name, weight in _BALMER_ABS_LINES.items():
         rest = _BALMER_ABS_WAVE[name]
         add(name + "_balmer", rest, zsys, -weight * balmer * (1.0 + zsys) * cont_at(np.array([rest]), zsys)[:, 0],
@@ -806,7 +911,6 @@ def _galaxy(u: np.ndarray, cls: np.ndarray, z: np.ndarray, depth: np.ndarray, co
     r3 = np.minimum(np.where(c == _PASSIVE, _uni(col("r3"), -0.3, 0.3), r3_sf), 1.1)
     r2 = per_class(_R2, "r2")
     s2 = per_class(_S2, "s2")
-    ebv = np.where(c == _PASSIVE, 0.2, np.where(c == _SF, config.ebv_max, 0.4 * config.ebv_max)) * col("ebv") ** 2
     density = 1.0 - col("density") ** 2  # 1 = low density (high ratios), most galaxies
     r_oii = _uni(density, *config.oii_ratio)  # F(3729)/F(3726)
     r_sii = _uni(density, 0.45, 1.45)  # F(6716)/F(6731)
@@ -932,7 +1036,8 @@ def simulate_muse_block(
     config
         :class:`MuseSimConfig`.
     ingredients
-        Optional :class:`MuseIngredients` (real sky, F775W curve, catalogue prior, real sky-residual pattern).
+        Optional :class:`MuseIngredients` (real sky, F775W curve, catalogue prior, real sky-residual pattern,
+        stellar populations).
 
     Returns
     -------
@@ -954,21 +1059,24 @@ def simulate_muse_block(
     weights = _z_weights(config, ingredients)
     pattern = None
     if ingredients is not None and ingredients.sky_residual_pattern is not None:
-        pattern = np.asarray(ingredients.sky_residual_pattern, np.float64)
-        if pattern.shape != inst.wave.shape:
-            raise ValueError(f"sky_residual_pattern must have shape {inst.wave.shape}, not {pattern.shape}")
+        pattern = np.atleast_2d(np.asarray(ingredients.sky_residual_pattern, np.float64))
+        if pattern.ndim != 2 or pattern.shape[1] != inst.wave.size or pattern.shape[0] == 0:
+            raise ValueError(f"sky_residual_pattern must have shape {inst.wave.shape} or (npattern, "
+                             f"{inst.wave.size}), not {np.shape(ingredients.sky_residual_pattern)}")
+    ssp = _ssp_library(ingredients)
     nw = inst.wave.size
     flux = np.empty((rows.size, nw), np.float32)
     ivar = np.empty((rows.size, nw), np.float32)
     truth = {name: np.empty(rows.size, dtype) for name, dtype in MUSE_TRUTH_COLUMNS.items()}
     for start in range(0, rows.size, _BATCH):
         part = slice(start, min(start + _BATCH, rows.size))
-        f, iv, t = _simulate_batch(rows[part], int(seed), config, inst, weights, pattern)
+        f, iv, t = _simulate_batch(rows[part], int(seed), config, inst, weights, pattern, ssp)
         flux[part], ivar[part] = f, iv
         for name in truth:
             truth[name][part] = t[name]
     attrs = {"grid_name": MUSE_GRID_NAME, "survey": "muse", "flux_unit": "1e-17 erg/s/cm2/Angstrom",
              "sky": inst.sky_source, "aperture_arcsec2": inst.aperture,
+             "continua": "analytic" if ssp is None else "sps",
              "sim_classes": " ".join(MUSE_CLASSES)}  # fmt: skip
     return SimulatedBlock(wavelength=muse_wavelength(), flux=flux, ivar=ivar, truth=truth, attrs=attrs)
 
@@ -997,7 +1105,8 @@ def _draws(rows: np.ndarray, seed: int, nw: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _simulate_batch(rows: np.ndarray, seed: int, config: MuseSimConfig, inst: _Instrument, weights: np.ndarray,
-                    pattern: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+                    pattern: np.ndarray | None, ssp: _SSPLibrary | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     n, nw = rows.size, inst.wave.size
     wave = inst.wave
     uni, noise = _draws(rows, seed, nw)
@@ -1036,7 +1145,7 @@ def _simulate_batch(rows: np.ndarray, seed: int, config: MuseSimConfig, inst: _I
                          _NLINE)
         out.truth["lya_bump"] = np.zeros(n)
         if idx.size:
-            part = _galaxy(u[idx], c[idx], z[idx], depth[idx], config, inst, sink, scale[idx], idx)
+            part = _galaxy(u[idx], c[idx], z[idx], depth[idx], config, inst, sink, scale[idx], idx, ssp)
             out.continuum[idx] = part.continuum
             for key, values in part.truth.items():
                 out.truth[key][idx] = values
@@ -1073,7 +1182,9 @@ def _simulate_batch(rows: np.ndarray, seed: int, config: MuseSimConfig, inst: _I
                                                 + b[:, None] * inst.sky_lines_slope[None, on])  # fmt: skip
     else:
         amp = np.exp(config.sky_residual_ln_sigma * _gauss(g("res_amp"))) * np.where(g("res_sign") < 0.5, -1, 1)
-        residual = amp[:, None] * (1.0 + 0.3 * a[:, None]) * pattern[None, :] * sigma
+        # Each spectrum one pattern of the library (a slot the model residuals use for their periods).
+        which = np.minimum((g("res_period1") * pattern.shape[0]).astype(np.intp), pattern.shape[0] - 1)
+        residual = amp[:, None] * (1.0 + 0.3 * a[:, None]) * pattern[which] * sigma
         flags |= np.uint32(MuseSimFlags.REAL_SKY_RESIDUALS)
 
     # Flat-field distortions at the blue and/or red end: multiplicative on the source, additive on the sky.
