@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "Checkpoint",
     "NMFResult",
     "basis_half_step",
     "basis_terms",
@@ -160,10 +161,16 @@ class NMFResult:
 Iterate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
 
 
+#: Called after every completed sequential stage with (stages done, W, H): a checkpoint to resume from.
+Checkpoint = Callable[[int, np.ndarray, np.ndarray], None]
+
+
 def run_schedule(
     n: int, npix: int, rank: int, iterate: Iterate, result: NMFResult, *,
     schedule: Literal["sequential", "fixed"], max_iter: int, tol: float, seed: int,
     init: tuple[np.ndarray, np.ndarray] | None,
+    checkpoint: Checkpoint | None = None,
+    resume: tuple[int, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training schedule, independent of where the iterations run (one process or a cluster).
 
@@ -172,6 +179,10 @@ def run_schedule(
     local one does. A stage stops when the relative decrease between successive iterations is <= ``tol``
     (never after its first iteration). Appends to ``result.chi2_history``, ``result.iterations`` and (sequential)
     ``result.rank_bases``.
+
+    Sequential schedule only: ``checkpoint(stages, W, H)`` is called after each rank's stage; ``resume =
+    (stages, W, H)`` from such a call (with ``result`` holding the history up to it) skips those stages and replays
+    their random draws, so a resumed training equals an uninterrupted one bit for bit.
     """
     rng = np.random.default_rng(seed)
 
@@ -189,14 +200,24 @@ def run_schedule(
         return w, h
 
     if schedule == "fixed":
+        if resume is not None:
+            raise ValueError("only the sequential schedule resumes from a checkpoint")
         w, h = init if init is not None else (rng.uniform(size=(n, rank)), np.ones((rank, npix)))
         return run(np.array(w, dtype=np.float64), np.array(h, dtype=np.float64), stop=False)
     w, h = np.zeros((n, 0)), np.zeros((0, npix))
-    for _ in range(rank):
+    done = 0
+    if resume is not None:
+        done, w, h = resume
+        for _ in range(done):  # the draws of the finished stages, so that the next ones are the same
+            rng.uniform(size=(n, 1))
+            rng.uniform(size=(1, npix))
+    for stage in range(done, rank):
         w = np.hstack([w, rng.uniform(size=(n, 1))])
         h = np.vstack([h, rng.uniform(size=(1, npix))])
         w, h = run(w, h, stop=True)
         result.rank_bases.append(h.copy())
+        if checkpoint is not None:
+            checkpoint(stage + 1, w, h)
     return run(w, h, stop=True)  # the final re-run at full rank (Moose's sequential schedule)
 
 

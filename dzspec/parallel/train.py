@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from os import PathLike
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from distributed import Client
@@ -34,7 +35,7 @@ from dzspec.kernels.nmf_train import NMFResult, basis_half_step, basis_terms, co
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid, to_log_grid
 from dzspec.schema import IngestWarn
 
-__all__ = ["load_training_block", "select_training_rows", "train_basis"]
+__all__ = ["load_training_block", "select_training_rows", "train_and_save", "train_basis", "training_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def train_basis(
     block_rows: int = 256,
     normalise: bool = True,
     z_name: str = "z_true",
+    checkpoint: str | PathLike[str] | None = None,
 ) -> tuple[NMFResult, str]:
     """Train a rank-``rank`` basis on the spectra of a store with known redshifts; returns it and its training id.
 
@@ -160,6 +162,11 @@ def train_basis(
         (220 MB at the default on the paper grid).
     normalise
         Divide each spectrum by its weighted RMS (see :func:`load_training_block`).
+    checkpoint
+        A file (``.npz``) written after each completed rank stage of the sequential schedule. When it exists and
+        belongs to this training (same rows, grid and settings) the training resumes after its last stage and ends
+        exactly as an uninterrupted one would; it is removed once the training is done. Progress (iteration,
+        chi2, its relative decrease against ``tol``, time per iteration) is logged every 30 s and at each stage.
     """
     store = str(Path(store).resolve())
     if rows is None:
@@ -197,13 +204,109 @@ def train_basis(
 
     result = NMFResult(np.zeros((0, grid.size)), np.zeros((rows.size, 0)), covered, method=method, seed=seed,
                        offset=y0)
-    w, h = run_schedule(rows.size, grid.size, rank, iterate, result, schedule=schedule, max_iter=max_iter, tol=tol,
-                        seed=seed, init=None)
+    identity = training_id(store, group, rows, grid, normalise)
+    settings = json.dumps({"training": identity, "rank": rank, "method": method, "schedule": schedule,
+                           "max_iter": max_iter, "tol": tol, "seed": seed, "block_rows": block_rows}, sort_keys=True)
+    saver, resume = (None, None) if checkpoint is None else _checkpointing(Path(checkpoint), settings, result)
+    w, h = run_schedule(rows.size, grid.size, rank, _ProgressLog(iterate, rank, tol), result, schedule=schedule,
+                        max_iter=max_iter, tol=tol, seed=seed, init=None, checkpoint=saver, resume=resume)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     h[:, ~covered] = 0.0
     for snapshot in result.rank_bases:
         snapshot[:, ~covered] = 0.0
     coefficients = np.empty_like(w)
     coefficients[order] = w  # back to the order of ``rows``
     result.basis, result.coefficients = h, coefficients
-    return result, training_id(store, group, rows, grid, normalise)
+    return result, identity
 
+
+class _ProgressLog:
+    """``iterate`` that logs where the training is: every 30 s and when a rank's stage ends."""
+
+    def __init__(self, iterate: Any, rank: int, tol: float, every_s: float = 30.0) -> None:
+        self.iterate, self.rank, self.tol, self.every_s = iterate, rank, tol, every_s
+        self.stage_rank, self.count, self.previous = 0, 0, np.inf
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        if h.shape[0] != self.stage_rank or self.count == 0:
+            self.stage_rank, self.count, self.previous = h.shape[0], 0, np.inf
+            self.started = time.monotonic()
+        w, h, chi2 = self.iterate(w, h)
+        self.count += 1
+        now = time.monotonic()
+        decrease = (self.previous - chi2) / self.previous if np.isfinite(self.previous) and self.previous > 0 else 1.0
+        self.previous = chi2
+        if now - self.last >= self.every_s or decrease <= self.tol:
+            per = (now - self.started) / self.count
+            log.info("training rank %d/%d: iteration %d, chi2/pixel %.6g, relative decrease %.2e (stops at %.0e), "
+                     "%.2f s per iteration", self.stage_rank, self.rank, self.count, chi2, decrease, self.tol, per)
+            self.last = now
+        if decrease <= self.tol:
+            self.count = 0  # the stage ends here; the next call starts the next one (or the final re-run)
+        return w, h, chi2
+
+
+def _checkpointing(path: Path, settings: str, result: NMFResult
+                   ) -> tuple[Any, tuple[int, np.ndarray, np.ndarray] | None]:
+    """The checkpoint writer of a training and, when ``path`` holds one of the same training, what to resume."""
+    resume = None
+    if path.exists():
+        with np.load(path) as saved:
+            if str(saved["settings"]) == settings:
+                stages = int(saved["stages"])
+                result.chi2_history.extend(saved["chi2_history"].tolist())
+                result.iterations.extend(saved["iterations"].tolist())
+                bounds = np.cumsum(np.arange(stages + 1))  # stage r's basis has r rows
+                result.rank_bases.extend(saved["rank_bases"][bounds[r - 1] : bounds[r]].copy()
+                                         for r in range(1, stages + 1))
+                resume = (stages, saved["w"].copy(), saved["h"].copy())
+                log.info("training: resuming from %s after rank stage %d (%d iterations done)", path, stages,
+                         len(result.chi2_history))
+            else:
+                log.warning("training: %s belongs to another training; starting afresh", path)
+
+    def save(stages: int, w: np.ndarray, h: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez(partial, settings=np.array(settings), stages=np.array(stages), w=w, h=h,
+                 chi2_history=np.asarray(result.chi2_history), iterations=np.asarray(result.iterations),
+                 rank_bases=np.concatenate(result.rank_bases))
+        partial.replace(path)  # a kill while writing leaves the previous checkpoint whole
+
+    return save, resume
+
+
+
+def train_and_save(store: str | PathLike[str], out: str | PathLike[str], name: str, client: Client, rank: int, *,
+                   group: str | None = None, grid: LogGrid = PAPER_GRID, max_spectra: int | None = None,
+                   seed: int = 100921, overwrite: bool = False, **options: Any) -> tuple[str, NMFResult, int]:
+    """What ``dzspec train`` does: pick the training rows (:func:`select_training_rows`), train
+    (:func:`train_basis`, ``options`` as its keywords) and save ``out``/bases/``name`` with the training store's
+    provenance; returns the group path, the result and the number of training spectra.
+
+    The training checkpoints after each rank stage to ``<out>.<name>-training.npz`` beside the output store: the
+    same call after a kill resumes from there (:func:`training_checkpoint`).
+    """
+    from dzspec.io.bases import save_basis
+
+    group, rows = select_training_rows(store, group, max_spectra=max_spectra, seed=seed)
+    options.setdefault("checkpoint", training_checkpoint(out, name))
+    result, training = train_basis(store, client, rank, group=group, rows=rows, grid=grid, seed=seed, **options)
+    path = save_basis(out, name, result, grid, training_sha256=training, overwrite=overwrite,
+                      extra_attrs={"training_store": str(store), "training_group": group,
+                                   "training_spectra": int(rows.size)})
+    return path, result, int(rows.size)
+
+
+def training_checkpoint(out: str | PathLike[str], name: str) -> Path:
+    """Where ``dzspec train --out OUT --name NAME`` keeps its checkpoint: ``OUT.NAME-training.npz`` beside ``OUT``.
+
+    Examples
+    --------
+    >>> training_checkpoint("runs/bases.zarr", "nmf").name
+    'bases.zarr.nmf-training.npz'
+    """
+    out = Path(out)
+    return out.with_name(f"{out.name}.{name}-training.npz")

@@ -70,3 +70,42 @@ def test_cli_train_writes_a_basis_on_the_paper_grid(store, tmp_path, capsys):
     assert basis.grid == PAPER_GRID and basis.rank == 2
     assert basis.attrs["training_spectra"] == 40
     assert "rank 2, 40 spectra" in capsys.readouterr().out
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_training_killed_after_a_rank_stage_resumes_to_the_uninterrupted_result(store, client, tmp_path,
+                                                                                   monkeypatch):
+    """Two runs are bit-identical (a remade model has the shipped checksum); a run stopped after rank stage 2 of 3
+    and started again from its checkpoint ends bit for bit where an uninterrupted one does."""
+    import dzspec.parallel.train as train
+
+    kwargs = {"grid": GRID, "max_iter": 25, "tol": 1e-4, "block_rows": 16}
+    reference, _ = train_basis(store, client, 3, **kwargs)
+    again, _ = train_basis(store, client, 3, **kwargs)
+    assert reference.basis.tobytes() == again.basis.tobytes()
+
+    checkpoint = tmp_path / "train.npz"
+    original = train.run_schedule
+
+    def killed_after_stage_two(*args, checkpoint=None, **options):
+        def save_then_die(stages, w, h):
+            checkpoint(stages, w, h)
+            if stages == 2:
+                raise _Killed
+
+        return original(*args, checkpoint=save_then_die, **options)
+
+    monkeypatch.setattr(train, "run_schedule", killed_after_stage_two)
+    with pytest.raises(_Killed):
+        train_basis(store, client, 3, checkpoint=checkpoint, **kwargs)
+    monkeypatch.setattr(train, "run_schedule", original)
+    assert checkpoint.exists()
+    resumed, _ = train_basis(store, client, 3, checkpoint=checkpoint, **kwargs)
+    assert not checkpoint.exists()  # removed once the training is done
+    assert resumed.basis.tobytes() == reference.basis.tobytes()
+    assert resumed.coefficients.tobytes() == reference.coefficients.tobytes()
+    assert resumed.iterations == reference.iterations and resumed.chi2_history == reference.chi2_history
+    assert [b.tobytes() for b in resumed.rank_bases] == [b.tobytes() for b in reference.rank_bases]
