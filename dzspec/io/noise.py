@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,13 @@ __all__ = ["NoiseCalibration", "calibration_path", "load_noise_calibration", "sa
 
 @dataclass(frozen=True)
 class NoiseCalibration:
-    """A loaded calibration: ``scale`` and ``n_residuals`` per pixel of the spectra group's grid, and its attrs."""
+    """A loaded calibration: ``scale`` and ``n_residuals`` per pixel of the spectra group's grid, its attrs and the
+    store it was read from (the spectra's own, or a basis store's instrument default)."""
 
     scale: np.ndarray
     n_residuals: np.ndarray
     attrs: dict[str, Any]
+    path: str = ""
 
     @property
     def sha256(self) -> str:
@@ -84,4 +87,4 @@ def load_noise_calibration(path: str | PathLike[str], spectra_group: str, name: 
     scale = np.asarray(group["scale"][...], dtype=np.float64)
     if array_sha256(scale) != attrs["scale_sha256"]:
         raise StoreError(f"{path}/{group_path}: scale bytes do not match scale_sha256 (modified or corrupt)")
-    return NoiseCalibration(scale, np.asarray(group["n_residuals"][...]), attrs)
+    return NoiseCalibration(scale, np.asarray(group["n_residuals"][...]), attrs, str(Path(path).resolve()))

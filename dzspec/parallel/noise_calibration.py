@@ -79,10 +79,12 @@ def calibrate_noise(store: str | PathLike[str], *, group: str | None = None, nam
     return calibration
 
 
-def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: str) -> NoiseCalibration | None:
+def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: str,
+                              fallback: str | PathLike[str] | None = None) -> NoiseCalibration | None:
     """The calibration a scan of ``spectra`` uses for ``choice``: ``"off"`` (none), a stored calibration's name, or
     ``"auto"``: the stored ``noise`` calibration if it was measured on the group as it is now, else a new one when
-    the group has at least :data:`MIN_SURVEY_SPECTRA` spectra, else none (too few spectra to measure it)."""
+    the group has at least :data:`MIN_SURVEY_SPECTRA` spectra, else the instrument default that the ``fallback``
+    store (the basis's, e.g. a shipped model) holds for the same grid, else none."""
     if choice == "off":
         return None
     root = zstore.open_root(store)
@@ -93,8 +95,13 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
         if stored.attrs.get("input_id") == zstore.input_id(root[spectra]):
             return stored
     nspectrum = root[spectra]["flux"].shape[0]
-    if nspectrum < MIN_SURVEY_SPECTRA:
-        log.warning("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); scanning with the "
-                    "pipeline variances", store, spectra, nspectrum, MIN_SURVEY_SPECTRA)
-        return None
-    return calibrate_noise(store, group=spectra, overwrite=True)
+    if nspectrum >= MIN_SURVEY_SPECTRA:
+        return calibrate_noise(store, group=spectra, overwrite=True)
+    if fallback is not None and calibration_path(spectra) in zstore.open_root(fallback):
+        log.info("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); using the instrument "
+                 "default of %s", store, spectra, nspectrum, MIN_SURVEY_SPECTRA, fallback)
+        return load_noise_calibration(fallback, spectra)
+    log.warning("%s/%s: %d spectra are too few to measure a noise calibration (%d needed) and there is no "
+                "instrument default for this grid; scanning with the pipeline variances", store, spectra, nspectrum,
+                MIN_SURVEY_SPECTRA)
+    return None

@@ -126,8 +126,9 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     ``params`` override :data:`ZFIND`'s defaults (trial grid, weighting, ``refine``, ``store_chi2``,
     ``chi2_decimate``, ``nuisance_order`` ...; Moose's ``weighting="unweighted"`` fit has no nuisance terms, so
     there the default order is -1); ``noise_calibration`` is ``"auto"`` (the group's own calibration, measured first
-    when missing or stale and the group is large enough: :func:`~dzspec.parallel.noise_calibration.
-    resolve_noise_calibration`), ``"off"``, or the name of a stored one; with ``finalize`` a complete run ends
+    when missing or stale and the group is large enough, else the basis store's instrument default for the grid:
+    :func:`~dzspec.parallel.noise_calibration.resolve_noise_calibration`), ``"off"``, or the name of a stored one;
+    with ``finalize`` a complete run ends
     with :func:`finalize_zfind` (redshift spikes, confidence); ``runner`` goes to
     :func:`dzspec.parallel.runner.run_kernel` (group, resume, overwrite, block_rows, ...).
     """
@@ -140,9 +141,9 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     basis_store = str(Path(basis_store).resolve())
     basis = load_basis(basis_store, basis_name)
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
-    calibration = resolve_noise_calibration(store, spectra, noise_calibration)
+    calibration = resolve_noise_calibration(store, spectra, noise_calibration, fallback=basis_store)
     if calibration is not None:
-        params.update({"noise_store": str(Path(store).resolve()), "noise_group": spectra,
+        params.update({"noise_store": calibration.path, "noise_group": spectra,
                        "noise_name": str(calibration.attrs["name"]), "noise_sha256": calibration.sha256})
     model = basis.attrs.get("confidence")
     if model is not None:

@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from dzspec.io import store as zstore
-from dzspec.io.noise import load_noise_calibration
+from dzspec.io.noise import calibration_path, load_noise_calibration
 from dzspec.kernels.noise_calibration import calibration_from_histogram, residual_histogram
 from dzspec.parallel.noise_calibration import calibrate_noise, resolve_noise_calibration
 from dzspec.testing import write_synthetic_store
@@ -41,3 +43,21 @@ def test_auto_skips_a_group_too_small_to_measure(tmp_path, client):
     spectra = zstore.resolve_spectra_group(zstore.open_root(small), None)
     assert resolve_noise_calibration(small, spectra, "auto") is None
     assert "calibration" not in zstore.open_root(small)
+
+
+def test_auto_falls_back_to_the_instrument_default_of_the_basis_store_for_the_same_grid(store, tmp_path, client):
+    """A handful of spectra: the basis store's calibration of the same grid (the shipped models carry one)."""
+    import shutil
+
+    spectra = zstore.resolve_spectra_group(zstore.open_root(store), None)
+    survey = calibrate_noise(store, overwrite=True)
+    basis_store = tmp_path / "basis.zarr"
+    zstore.open_root(basis_store, mode="a")
+    shutil.copytree(Path(store) / calibration_path(spectra), basis_store / calibration_path(spectra))
+    small = write_synthetic_store(tmp_path / "few.zarr", nspectrum=40, nwave=300)  # the same grid
+    assert zstore.resolve_spectra_group(zstore.open_root(small), None) == spectra
+    default = resolve_noise_calibration(small, spectra, "auto", fallback=basis_store)
+    assert default.sha256 == survey.sha256 and default.path == str(basis_store.resolve())
+    other = write_synthetic_store(tmp_path / "other.zarr", nspectrum=40, nwave=90)  # another grid: none
+    other_spectra = zstore.resolve_spectra_group(zstore.open_root(other), None)
+    assert resolve_noise_calibration(other, other_spectra, "auto", fallback=basis_store) is None
