@@ -114,20 +114,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dzspec.io.bases import save_basis
     from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID
-    from dzspec.parallel.train import select_training_rows, train_basis
+    from dzspec.parallel.train import train_and_save
 
     grid = {"paper": PAPER_GRID, "moose": MOOSE_GRID}[args.grid]
-    group, rows = select_training_rows(args.store, args.group, max_spectra=args.max_spectra, seed=args.seed)
     with _client(args) as client:
-        result, training = train_basis(args.store, client, args.rank, group=group, rows=rows, grid=grid,
-                                       method=args.method, max_iter=args.max_iter, tol=args.tol, seed=args.seed,
-                                       block_rows=args.block_rows)
-    path = save_basis(args.out, args.name, result, grid, training_sha256=training, overwrite=args.overwrite,
-                      extra_attrs={"training_store": str(args.store), "training_group": group,
-                                   "training_spectra": int(rows.size)})
-    print(f"basis {args.out}/{path}: rank {args.rank}, {rows.size} spectra, iterations {result.iterations}, "
+        path, result, nspectra = train_and_save(
+            args.store, args.out, args.name, client, args.rank, group=args.group, grid=grid,
+            max_spectra=args.max_spectra, seed=args.seed, overwrite=args.overwrite, method=args.method,
+            max_iter=args.max_iter, tol=args.tol, block_rows=args.block_rows)
+    print(f"basis {args.out}/{path}: rank {args.rank}, {nspectra} spectra, iterations {result.iterations}, "
           f"final chi2/pixel {result.chi2_history[-1]:.4g}")
     return 0
 
@@ -165,8 +161,9 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
               "refine": not args.no_refine, "store_chi2": args.store_chi2, "chi2_decimate": args.chi2_decimate}
     if args.nuisance_order is not None:
         params["nuisance_order"] = args.nuisance_order
+    basis, name = (args.basis, args.name) if args.basis else _shipped("basis", args.store, args.group)
     with _client(args) as client:
-        report = run_zfind(args.store, args.basis, client, basis_name=args.name, params=params,
+        report = run_zfind(args.store, basis, client, basis_name=name, params=params,
                            noise_calibration=args.noise_calibration, **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
@@ -248,8 +245,9 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
               "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max,
               "line_snr_min": args.line_snr_min}
+    prior, name = (args.prior, args.name) if args.prior else _shipped("prior", args.store, args.group)
     with _client(args) as client:
-        report = run_lae(args.store, args.prior, client, prior_name=args.name, params=params, **_runner_kwargs(args))
+        report = run_lae(args.store, prior, client, prior_name=name, params=params, **_runner_kwargs(args))
     print(report.summary())
     if report.complete:
         results = zstore.open_results(args.store, report.results)
@@ -343,6 +341,42 @@ def _cmd_formats(args: argparse.Namespace) -> int:
     for name, reader in readers().items():
         print(f"{name:10s} priority {reader.priority:4d}  {reader.description}")
     return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from dzspec.models import MODELS, models_dir
+
+    if args.action == "list":
+        for model in MODELS.values():
+            print(f"{model.name:12s} {model.kind:6s} {model.survey:5s} {model.checksum[:12]}  {model.path}  "
+                  f"--name {model.group}\n{'':12s} {model.description}")
+        if not MODELS:
+            print(f"no shipped models in {models_dir()}")
+        return 0
+    from dzspec.models.recipes import RECIPES, install_model, make_model
+
+    if args.name not in RECIPES:
+        raise ValueError(f"dzspec models remake NAME: NAME is one of {', '.join(RECIPES)}")
+    if args.data is None or args.work is None:
+        raise ValueError("dzspec models remake needs --data (the folder of real ingredients) and --work")
+    with _client(args) as client:
+        path, entry = make_model(args.name, args.data, args.work, client)
+    shipped = MODELS.get(args.name)
+    same = shipped is not None and shipped.checksum == entry["checksum"]
+    print(f"{args.name}: {path} checksum {entry['checksum']}; "
+          + ("identical to the shipped one" if same else "differs from the shipped one" if shipped else "new"))
+    if args.install:
+        print(f"installed into {install_model(args.name, path, entry)}")
+    return 0
+
+
+def _shipped(kind: str, store: str, group: str | None) -> tuple[str, str]:
+    """The shipped model of ``kind`` for the spectra of ``store`` (by their grid): its store path and name."""
+    from dzspec.models import default_model_for_store
+
+    model = default_model_for_store(kind, store, group)
+    print(f"no --{kind} given: the shipped {model.name!r} {kind} ({model.path}, {model.checksum[:12]})", flush=True)
+    return str(model.path), model.group
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -441,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zfind", help="NMF redshifts of every spectrum of a store (exact fast chi2(z) scan)")
     p.add_argument("store")
-    p.add_argument("--basis", required=True, help="store holding the basis (bases/<name>)")
+    p.add_argument("--basis", help="store holding the basis (bases/<name>); default: the shipped basis for the "
+                                    "store's survey (dzspec models)")
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--z-min", type=float, default=0.0)
@@ -537,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lae", help="MADGICS Lya-emitter redshifts of every spectrum of a store (U25)")
     p.add_argument("store")
-    p.add_argument("--prior", required=True, help="store holding the priors (priors/<name>, from dzspec priors)")
+    p.add_argument("--prior", help="store holding the priors (priors/<name>, from dzspec priors); default: the "
+                                    "shipped DESI priors (dzspec models)")
     p.add_argument("--name", default="lae", help="prior name (default: lae)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--z-min", type=float, default=2.0, help="redshift of the first shift (U25: 2)")
@@ -609,6 +645,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-data", help="folder of real spectra to show beside (e.g. ../shared/data)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_gallery)
+
+    p = sub.add_parser("models", help="list the shipped default models, or remake one from its recipe")
+    p.add_argument("action", nargs="?", choices=("list", "remake"), default="list")
+    p.add_argument("name", nargs="?", help="with remake: the model (muse, desi_lae)")
+    p.add_argument("--data", type=Path, help="with remake: the folder of real ingredients (shared/data)")
+    p.add_argument("--work", type=Path, help="with remake: folder for the simulations and the new model")
+    p.add_argument("--install", action="store_true", help="with remake: replace the shipped model and its entry")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("formats", help="list the registered readers")
     p.set_defaults(func=_cmd_formats)

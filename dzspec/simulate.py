@@ -138,7 +138,7 @@ def check_continua(spec: SimulatorSpec, continua: str | None, ingredient_paths: 
     >>> check_continua(SIMULATORS["muse"], "sps", {})
     Traceback (most recent call last):
     ...
-    ValueError: continua 'sps' for muse needs the stellar-population grid: --ingredient ssp_path=PATH (e.g. shared/data/sps/bc03_miles_subset.npz)
+    ValueError: continua 'sps' for muse needs a stellar-population grid: --ingredient ssp_path=PATH
     """
     if continua is None:
         return
@@ -146,7 +146,7 @@ def check_continua(spec: SimulatorSpec, continua: str | None, ingredient_paths: 
         raise ValueError(f"continua {continua!r}: choose one of {', '.join(CONTINUA)}")
     key = spec.continua_ingredient
     if continua == "sps" and key not in ingredient_paths:
-        raise ValueError(f"continua 'sps' for {spec.survey} needs the stellar-population grid: --ingredient "
-                         f"{key}=PATH (e.g. shared/data/sps/bc03_miles_subset.npz)")
+        raise ValueError(f"continua 'sps' for {spec.survey} needs a stellar-population grid: --ingredient "
+                         f"{key}=PATH")
     if continua == "analytic" and key in ingredient_paths:
         raise ValueError(f"continua 'analytic' for {spec.survey} contradicts the ingredient {key}; drop one")

@@ -140,7 +140,7 @@ def test_job_scripts_match_their_snapshots(target):
     ('store = "s"\nsteps = []\nworkers = 2\n', "unknown key 'workers'; the top level takes"),
     ('store = "s"\n[cluster]\nkind = "k8s"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "'cluster.kind' must be one of"),
     ('store = "s"\n[cluster]\nkind = "address"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "needs 'cluster.address'"),
-    ('store = "s"\n[[steps]]\nkind = "lae"\n', "steps[0] (lae): missing key 'prior'"),
+    ('store = "s"\n[[steps]]\nkind = "lae"\nprior_nam = "p"\n', "steps[0] (lae): unknown key 'prior_nam'"),
     ('store = "s"\n[[steps]]\nkind = "zfind"\nbasis = 3\n', "'basis' must be a string, not int 3"),
     ('store = "s"\n[[steps]]\nkind = "train"\n', "unknown kind 'train'"),
     ('[[steps]]\nkind = "lae"\nprior = "p"\n', "missing key 'store'"),

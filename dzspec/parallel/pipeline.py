@@ -27,7 +27,7 @@ A config (every key is checked; an unknown or mistyped one is an error that name
 
     [[steps]]
     kind = "zfind"
-    basis = "bases.zarr"              # store holding bases/<basis_name>
+    basis = "bases.zarr"              # store holding bases/<basis_name> (default: the shipped one)
     basis_name = "nmf"
     noise_calibration = "auto"        # auto | off | a stored calibration's name
 
@@ -62,9 +62,9 @@ STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "ingest": {"inputs": (list, True), "skip_unknown": (bool, False)},
     "simulate": {"survey": (str, True), "n": (int, True), "seed": (int, False), "ingredients": (dict, False),
                  "continua": (str, False)},
-    "zfind": {"basis": (str, True), "basis_name": (str, False), "params": (dict, False),
+    "zfind": {"basis": (str, False), "basis_name": (str, False), "params": (dict, False),
               "noise_calibration": (str, False)},
-    "lae": {"prior": (str, True), "prior_name": (str, False), "params": (dict, False)},
+    "lae": {"prior": (str, False), "prior_name": (str, False), "params": (dict, False)},
     "stats": {"results": (str, True), "by": (list, False), "split": (str, False), "score": (str, False),
               "log10": (bool, False), "marked": ((int, float), False), "positive": (str, False),
               "form": (str, False), "name": (str, False), "figures": (str, False)},
@@ -231,16 +231,27 @@ def _simulate(config: PipelineConfig, step: Step, client: Any, runner: Mapping[s
 def _zfind(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:
     from dzspec.parallel.zfind import run_zfind
 
-    return run_zfind(config.store, step.options["basis"], client, basis_name=step.options.get("basis_name", "nmf"),
-                     params=step.options.get("params"),
+    basis, name = _model(config, step, "basis", runner)
+    return run_zfind(config.store, basis, client, basis_name=name, params=step.options.get("params"),
                      noise_calibration=step.options.get("noise_calibration", "auto"), **runner).summary()
 
 
 def _lae(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:
     from dzspec.parallel.lae import run_lae
 
-    return run_lae(config.store, step.options["prior"], client, prior_name=step.options.get("prior_name", "lae"),
-                   params=step.options.get("params"), **runner).summary()
+    prior, name = _model(config, step, "prior", runner)
+    return run_lae(config.store, prior, client, prior_name=name, params=step.options.get("params"),
+                   **runner).summary()
+
+
+def _model(config: PipelineConfig, step: Step, kind: str, runner: Mapping[str, Any]) -> tuple[str, str]:
+    """The step's basis/prior store and name, or the shipped model for its spectra group when none is named."""
+    if kind in step.options:
+        return step.options[kind], step.options.get(f"{kind}_name", {"basis": "nmf", "prior": "lae"}[kind])
+    from dzspec.models import default_model_for_store
+
+    model = default_model_for_store(kind, config.store, runner.get("group"))
+    return str(model.path), model.group
 
 
 def _stats(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:

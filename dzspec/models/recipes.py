@@ -1,0 +1,170 @@
+"""How each shipped model is made: dzspec's own simulations (with real ingredients) and its own commands.
+
+A recipe is a frozen dataclass of every number that shapes a model, and one function that runs it on a Dask
+client into a fresh store. ``dzspec models remake NAME --data SHARED_DATA --work DIR`` runs one and compares the
+checksum with the shipped one; ``--install`` replaces the shipped store and its manifest entry. Everything is
+seeded and every reduction has a fixed order, so on the same platform with the same pinned versions a remake is
+bit-identical (the checksum covers the model arrays; attributes record paths and times and differ).
+
+The recipes read the real ingredients from the data folder the project ships beside it (``shared/data``: sky
+spectra, the MUSE cube whose blank spaxels give the sky residuals, the BC03/MILES grid, the UDF-10 catalogue);
+they never copy those files into the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RECIPES", "DesiLaePriorRecipe", "MuseBasisRecipe", "make_model"]
+
+log = logging.getLogger(__name__)
+
+#: The real ingredients of the MUSE simulations, relative to the data folder.
+MUSE_INGREDIENTS = {
+    "sky_path": "sky/sky-uves.fits",
+    "filter_path": "filters/mpdaf_filter_list.fits",
+    "catalog_path": "muse_udf_format/catalogs/udf10_c041_e030_withz.fits.gz",
+    "residual_cube_path": "muse_mpdaf_cubes/minicube_A478.fits.gz",
+    "ssp_path": "sps/bc03_miles_subset.npz",
+}
+DESI_INGREDIENTS = {"sky_path": "sky/eboss-spec-sky.dat", "templates_path": "sps/bc03_miles_subset.npz"}
+
+
+@dataclass(frozen=True)
+class MuseBasisRecipe:
+    """The shipped MUSE NMF basis: a rank-``rank`` nearly-NMF basis trained to ``tol`` on a simulated MUSE survey
+    with stellar-population continua and the real residuals of the even tiles of the cube (the odd tiles are
+    left to test sets), with the training survey's noise calibration (the default of stores too small to measure
+    their own), then its LOW_CONFIDENCE model fitted on a second simulated survey scanned with it."""
+
+    n_train: int = 6000
+    train_seed: int = 1001
+    n_calibration: int = 3000
+    calibration_seed: int = 1002
+    residual_part: str = "even"
+    rank: int = 10  # B26's cross-validated rank (their Fig. 4); dzspec select-rank checks it on these spectra
+    tol: float = 1e-3
+    max_iter: int = 1300
+    nmf_seed: int = 100921
+    purity: float = 0.995
+    ingredients: dict[str, str] = field(default_factory=lambda: dict(MUSE_INGREDIENTS))
+
+    kind = "basis"
+    survey = "muse"
+    store = "muse_nmf.zarr"
+    group = "nmf"
+    description = ("MUSE NMF basis (rank 10, B26 rest-frame grid) trained on 6 000 simulated MUSE spectra with BC03 "
+                   "continua and real sky residuals; with its LOW_CONFIDENCE model")
+
+
+@dataclass(frozen=True)
+class DesiLaePriorRecipe:
+    """The shipped DESI MADGICS priors: U25's 50 sky-residual and 2 LAE eigenvectors from a simulated DESI survey
+    (DESI model sky, BC03 continua): its sky fibres and its LAEs."""
+
+    n_spectra: int = 6000
+    seed: int = 2001
+    n_sky: int = 50
+    n_lae: int = 2
+    ingredients: dict[str, str] = field(default_factory=lambda: dict(DESI_INGREDIENTS))
+
+    kind = "prior"
+    survey = "desi"
+    store = "desi_lae.zarr"
+    group = "lae"
+    description = "DESI MADGICS priors (50 sky + 2 LAE eigenvectors, U25 grid) from 6 000 simulated DESI spectra"
+
+
+def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
+    paths = {key: str(data / relative) for key, relative in ingredients.items()}
+    missing = [path for path in paths.values() if not Path(path).exists()]
+    if missing:
+        raise FileNotFoundError(f"the recipe needs these ingredient files: {', '.join(missing)} (pass --data, the "
+                                "folder holding sky/, sps/, muse_mpdaf_cubes/ ...)")
+    return paths
+
+
+def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
+    """Run :class:`MuseBasisRecipe`: simulate, train, save ``out``/bases/nmf with the training survey's noise
+    calibration as the instrument default, calibrate its confidence."""
+    from dzspec.io.noise import calibration_path
+    from dzspec.parallel.confidence import calibrate_confidence
+    from dzspec.parallel.noise_calibration import calibrate_noise
+    from dzspec.parallel.train import train_and_save
+    from dzspec.parallel.zfind import run_zfind
+    from dzspec.simulate import simulate
+
+    ingredients = {**_paths(data, recipe.ingredients), "residual_part": recipe.residual_part}
+    train_store, calibration_store = work / "muse_train.zarr", work / "muse_calibration.zarr"
+    simulate(train_store, "muse", recipe.n_train, client, seed=recipe.train_seed, ingredient_paths=ingredients,
+             continua="sps", progress=False)
+    train_and_save(train_store, out, recipe.group, client, recipe.rank, tol=recipe.tol, max_iter=recipe.max_iter,
+                   seed=recipe.nmf_seed, overwrite=True)
+    # The instrument default noise calibration, for stores too small to measure their own (zfind's auto).
+    noise = calibrate_noise(train_store, overwrite=True)
+    target = out / calibration_path(noise.attrs["spectra_group"])
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(train_store / calibration_path(noise.attrs["spectra_group"]), target)
+    simulate(calibration_store, "muse", recipe.n_calibration, client, seed=recipe.calibration_seed,
+             ingredient_paths=ingredients, continua="sps", progress=False)
+    report = run_zfind(calibration_store, out, client, basis_name=recipe.group, progress=False)
+    calibrate_confidence(calibration_store, report.results, out, basis_name=recipe.group, purity=recipe.purity)
+    from dzspec.io.bases import load_basis
+
+    return str(load_basis(out, recipe.group).attrs["basis_sha256"])
+
+
+def make_desi_lae_prior(recipe: DesiLaePriorRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
+    """Run :class:`DesiLaePriorRecipe`: simulate a DESI survey, build the priors from its sky fibres and LAEs."""
+    from dzspec.io.priors import load_lae_prior
+    from dzspec.kernels.simulate.desi import DESI_GRID_NAME
+    from dzspec.parallel.lae import build_lae_prior, prior_rows
+    from dzspec.simulate import simulate
+
+    store, group = work / "desi_train.zarr", f"spectra/{DESI_GRID_NAME}"  # the coadds, not the exposures
+    simulate(store, "desi", recipe.n_spectra, client, seed=recipe.seed,
+             ingredient_paths=_paths(data, recipe.ingredients), continua="sps", progress=False)
+    sky = prior_rows(store, group, ["sky_residual"])
+    lae = prior_rows(store, group, ["lae", "lae_double_peak"], z_name="z_true")
+    build_lae_prior(client, (store, group, sky), (store, group, lae), out=out, name=recipe.group,
+                    n_sky=recipe.n_sky, n_lae=recipe.n_lae, overwrite=True)
+    return str(load_lae_prior(out, recipe.group).attrs["prior_sha256"])
+
+
+#: Recipe and maker of every shipped model.
+RECIPES: dict[str, tuple[Any, Callable[..., str]]] = {
+    "muse": (MuseBasisRecipe(), make_muse_basis),
+    "desi_lae": (DesiLaePriorRecipe(), make_desi_lae_prior),
+}
+
+
+def make_model(name: str, data: str | Path, work: str | Path, client: Any) -> tuple[Path, dict[str, Any]]:
+    """Make model ``name`` into ``work``/<store>; returns its path and its manifest entry."""
+    recipe, maker = RECIPES[name]
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / recipe.store
+    checksum = maker(recipe, Path(data), work, out, client)
+    entry = {"kind": recipe.kind, "store": recipe.store, "group": recipe.group, "checksum": checksum,
+             "survey": recipe.survey, "description": recipe.description, "recipe": asdict(recipe)}
+    return out, entry
+
+
+def install_model(name: str, path: str | Path, entry: dict[str, Any]) -> Path:
+    """Copy a made model store into the package's model folder and write its manifest entry."""
+    from dzspec.models import models_dir
+
+    target = models_dir() / entry["store"]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(path, target)
+    manifest_path = models_dir() / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest[name] = entry
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return target
