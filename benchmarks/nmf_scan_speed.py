@@ -13,7 +13,7 @@ With ``--basis STORE:NAME`` it scans with a basis trained by ``dzspec train`` (t
 synthetic one: spikes and rows bright over part of the grid); with ``--spectra STORE`` it scans spectra of a store
 (e.g. ``dzspec simulate --survey muse``) instead of spectra made from the basis.
 
-``--nuisance-order`` (default 2, as ``dzspec zfind``) adds the free-sign Legendre terms; ``-1`` times B26's basis-only
+``--nuisance-order`` (default 0, as ``dzspec zfind``) adds the free-sign Legendre terms; ``-1`` times B26's basis-only
 scan.
 
 Usage::
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--basis", metavar="STORE:NAME",
                         help="scan with a trained basis saved by `dzspec train` (paper grid), not the synthetic one")
     parser.add_argument("--spectra", metavar="STORE", help="scan --nspec random spectra of this store's only group")
-    parser.add_argument("--nuisance-order", type=int, default=2,
+    parser.add_argument("--nuisance-order", type=int, default=0,
                         help="free-sign Legendre terms beside the basis, as zfind's default (-1: the basis alone); "
                              "the reference is then scipy.optimize.lsq_linear with the nuisance coefficients free")
     args = parser.parse_args()

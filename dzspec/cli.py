@@ -487,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the sub-pixel refinement of the best trial (no z_refined, chi2_refined)")
     p.add_argument("--nuisance-order", type=int, metavar="N",
-                   help="free-sign Legendre terms P0..PN over the observed window beside the basis (sky pedestals, "
-                        "flat-field tilts; default 2, or -1 = none with --weighting unweighted); -1 scans the basis "
+                   help="free-sign Legendre terms P0..PN over the observed window beside the basis: P0 absorbs sky "
+                        "pedestals (default 0, or -1 = none with --weighting unweighted); 1-2 also absorb tilts but "
+                        "let bright continua be fitted by the polynomial at an empty high z; -1 scans the basis "
                         "alone as B26")
     p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
                    help="per-wavelength variance inflation at sky-residual pixels (dzspec calibrate-noise); auto "

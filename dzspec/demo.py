@@ -2,8 +2,10 @@
 
 1. synthetic input files -> parallel ingest -> validate -> summary kernel through the block runner -> plot;
 2. a simulated MUSE-like survey written straight into the same store -> summary kernel -> gallery of its classes;
-3. the NMF redshift engine on that survey: a small basis trained on its first spectra, ``zfind`` over all of them,
-   the good fraction on the spectra the basis never saw and the zp-versus-zt figure.
+3. the NMF redshift engine on that survey with the shipped MUSE basis (no training): ``zfind`` over all of it, the
+   good fraction, what ``zwarn == 0`` keeps, and the zp-versus-zt figure;
+4. the MADGICS LAE engine with the shipped DESI priors on a simulated DESI-like survey: ``lae``, the candidates,
+   their purity and accuracy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int = 500, muse_spectra: int = 2048,
-             nmf_rank: int = 5, nmf_iterations: int = 25, progress: bool = True) -> int:
+             desi_spectra: int = 512, progress: bool = True) -> int:
     """Run the demo into ``out`` (replaced if it exists) on ``client``; return a process exit code."""
     from dzspec.io.store import open_results, open_spectra
     from dzspec.io.validate import validate_store
@@ -63,44 +65,70 @@ def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int =
         print(f"  simulated {name:13s}: {int(members.sum()):5d} spectra, median snr_cont "
               f"{np.nanmedian(snr_cont[members]) if members.any() else float('nan'):.2f}")
     gallery = muse_gallery(out / "muse_gallery.png", None, seed=42)
-    zfind, zp_zt = _nmf_redshifts(store, simulated.group, client, out / "nmf_zp_zt.png", rank=nmf_rank,
-                                  iterations=nmf_iterations, progress=progress)
-    print(f"outputs: {store} ({group} + {run.results}; {simulated.group} + {muse_run.results} + {zfind.results}), "
-          f"plots {figure} {gallery} {zp_zt}")
-    ok = report.ok and run.complete and simulated.complete and muse_run.complete and zfind.complete
+    zfind, zp_zt = _nmf_redshifts(store, simulated.group, client, out / "nmf_zp_zt.png", progress=progress)
+    lae = _lae_redshifts(store, client, desi_spectra, progress=progress)
+    print(f"outputs: {store} ({group} + {run.results}; {simulated.group} + {muse_run.results} + {zfind.results}; "
+          f"{lae.results}), plots {figure} {gallery} {zp_zt}")
+    ok = (report.ok and run.complete and simulated.complete and muse_run.complete and zfind.complete
+          and lae.complete)
     return 0 if ok and not problems else 1
 
 
-def _nmf_redshifts(store: Path, group: str, client: Any, figure: Path, *, rank: int, iterations: int,
-                   progress: bool) -> tuple[Any, Path]:
-    """Train on the first three quarters of the spectra with a known redshift, scan all, score the rest."""
-    from dzspec.io.bases import save_basis
+def _nmf_redshifts(store: Path, group: str, client: Any, figure: Path, *, progress: bool) -> tuple[Any, Path]:
+    """``zfind`` with the shipped MUSE basis (which never saw these spectra) over the survey, scored on every
+    spectrum with a true redshift, and what ``zwarn == 0`` keeps."""
     from dzspec.io.store import open_results, open_spectra
     from dzspec.kernels.metrics import good_fraction
-    from dzspec.kernels.restframe import PAPER_GRID
-    from dzspec.parallel.train import select_training_rows, train_basis
+    from dzspec.models import MODELS
     from dzspec.parallel.zfind import run_zfind
     from dzspec.viz.nmf import plot_zp_zt
 
-    _, known = select_training_rows(store, group)
-    pool = known[: 3 * known.size // 4]
-    result, training = train_basis(store, client, rank, group=group, rows=pool, max_iter=iterations)
-    print(f"nmf: rank-{rank} basis trained on {pool.size} spectra in {sum(result.iterations)} iterations "
-          f"(per rank stage: {result.iterations})")
-    save_basis(store, "nmf", result, PAPER_GRID, training_sha256=training, overwrite=True)
-    report = run_zfind(store, store, client, group=group, overwrite=True, progress=progress)
+    basis = MODELS["muse"]
+    print(f"nmf: the shipped {basis.name!r} basis ({basis.description})")
+    report = run_zfind(store, basis.path, client, basis_name=basis.group, group=group, overwrite=True,
+                       progress=progress)
     print(report.summary())
     spectra = open_spectra(store, group)
-    z_pred = open_results(store, report.results)["z"].values
-    test = np.arange(int(pool[-1]) + 1, spectra.sizes["spectrum"])
-    z_true = spectra.z_true.values[test]
-    known_test = np.isfinite(z_true)
-    gf, good, total = good_fraction(z_pred[test][known_test], z_true[known_test])
-    print(f"nmf: good fraction {gf:.3f} ({good}/{total}) on held-out spectra with a true redshift "
-          f"(|dz| < 0.005 (1 + z))")
-    plot_zp_zt(z_pred[test][known_test], z_true[known_test], figure,
-               title=f"dzspec demo: NMF rank {rank}, held-out GF {gf:.3f}")
+    results = open_results(store, report.results)
+    z_pred, zwarn = results["z"].values, results["zwarn"].values
+    z_true = spectra.z_true.values
+    known = np.isfinite(z_true)
+    gf, good, total = good_fraction(z_pred[known], z_true[known])
+    trusted = known & (zwarn == 0)
+    gf_trusted, _, kept = good_fraction(z_pred[trusted], z_true[trusted])
+    print(f"nmf: good fraction {gf:.3f} ({good}/{total}) of the spectra with a true redshift (|dz| < 0.005 (1 + z)); "
+          f"zwarn == 0 keeps {kept} of them, {gf_trusted:.3f} right")
+    plot_zp_zt(z_pred[known], z_true[known], figure, title=f"dzspec demo: shipped NMF basis, GF {gf:.3f}")
     return report, figure
+
+
+def _lae_redshifts(store: Path, client: Any, nspectra: int, *, progress: bool) -> Any:
+    """A simulated DESI-like survey scanned by ``lae`` with the shipped MADGICS priors."""
+    from dzspec.io.store import open_results, open_spectra
+    from dzspec.kernels.lae_interlopers import select_lae
+    from dzspec.kernels.metrics import good_fraction
+    from dzspec.models import MODELS
+    from dzspec.parallel.lae import run_lae
+    from dzspec.simulate import simulate
+
+    simulated = simulate(store, "desi", nspectra, client, seed=42, progress=progress)
+    print(simulated.summary())
+    prior = MODELS["desi_lae"]
+    print(f"lae: the shipped {prior.name!r} priors ({prior.description})")
+    report = run_lae(store, prior.path, client, prior_name=prior.group, group=simulated.group, overwrite=True,
+                     progress=progress)
+    print(report.summary())
+    spectra = open_spectra(store, simulated.group)
+    results = open_results(store, report.results)
+    classes = spectra.sim_class.attrs["flag_meanings"].split()
+    lae = np.isin(spectra.sim_class.values, [classes.index("lae"), classes.index("lae_double_peak")])
+    selected = select_lae(results["lae_abs_dchi2_cal"].values, results["zwarn"].values)
+    z_pred, z_true = results["z"].values, spectra.z_true.values
+    gf, good, _ = good_fraction(z_pred[lae & selected], z_true[lae & selected], form="absolute")
+    print(f"lae: {int(selected.sum())} LAE candidates among {nspectra} targets ({int(lae.sum())} simulated LAEs); "
+          f"{int((lae & selected).sum())} are LAEs, {good} of them within 0.005 of z_true ({gf:.3f}); purity "
+          f"{(lae & selected).sum() / max(selected.sum(), 1):.3f}")
+    return report
 
 
 def _plot(spectra: Any, results: Any, path: Path) -> Path:

@@ -37,7 +37,7 @@ def nmf_zfind(
     refine: bool = True,
     store_chi2: bool = False,
     chi2_decimate: int = 1,
-    nuisance_order: int = 2,
+    nuisance_order: int = 0,
 ) -> dict[str, np.ndarray]:
     """Redshifts of a block of spectra with an NMF basis.
 

@@ -111,8 +111,9 @@ def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, 
     target = out / calibration_path(noise.attrs["spectra_group"])
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(train_store / calibration_path(noise.attrs["spectra_group"]), target)
+    # chunks of 512 spectra, so that the scan spreads over every worker (the spectra do not depend on it)
     simulate(calibration_store, "muse", recipe.n_calibration, client, seed=recipe.calibration_seed,
-             ingredient_paths=ingredients, continua="sps", progress=False)
+             ingredient_paths=ingredients, continua="sps", chunk_rows=512, progress=False)
     report = run_zfind(calibration_store, out, client, basis_name=recipe.group, progress=False)
     calibrate_confidence(calibration_store, report.results, out, basis_name=recipe.group, purity=recipe.purity)
     from dzspec.io.bases import load_basis

@@ -113,7 +113,7 @@ ZFIND = KernelSpec(
     outputs=_outputs,
     version="3",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
-              "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 2,
+              "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 0,
               "noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": "", "confidence_sha256": ""},
 )
 
