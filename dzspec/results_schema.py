@@ -90,6 +90,9 @@ class ZNote(enum.IntFlag):
     """``znote`` bits: findings about a spectrum that do not by themselves make its redshift untrustworthy."""
 
     NEGATIVE_MEDIAN_FLUX = 1 << 0  #: median flux < 0 (sky over-subtraction, B26 4.1)
+    #: nmf_robustness < 3 where a confidence model decides instead (R is one of its features): ZWarn's
+    #: LOW_ROBUSTNESS moves here, so that zwarn == 0 keeps what the calibrated confidence trusts
+    LOW_ROBUSTNESS = 1 << 1
 
 
 class LAEWarn(enum.IntFlag):

@@ -55,7 +55,8 @@ def calibrate_confidence(store: str | PathLike[str], results: str, basis_store: 
     z_true = np.asarray(root[group.attrs["input_group"]]["z_true"][...], np.float64)
     right = right_redshifts(columns["z"], z_true)
     x = scan_features(columns, spike_bit=int(ZWarn.Z_SPIKE), npixels_max=int(np.nanmax(columns["npixels"])))
-    other_bits = (columns["zwarn"] & ~np.uint32(ZWarn.LOW_CONFIDENCE)) != 0
+    # the confidence takes over from LOW_ROBUSTNESS (finalize_zfind moves it to znote), so it is no gate here
+    other_bits = (columns["zwarn"] & ~np.uint32(ZWarn.LOW_CONFIDENCE | ZWarn.LOW_ROBUSTNESS)) != 0
     scanned = np.isfinite(columns["z"])
     order = np.random.default_rng(seed).permutation(np.flatnonzero(scanned))
     fit_rows, calibration_rows = np.sort(order[: order.size // 2]), np.sort(order[order.size // 2:])

@@ -28,7 +28,7 @@ from dzspec.kernels.zfind import MIN_DELTACHI2, ZWarn, nmf_zfind
 from dzspec.kernels.zspikes import find_spikes, spike_members, trial_index
 from dzspec.parallel.noise_calibration import resolve_noise_calibration
 from dzspec.parallel.runner import RunReport, run_kernel
-from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, output_specs
+from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, ZNote, output_specs
 
 __all__ = ["ZFIND", "finalize_zfind", "run_zfind"]
 
@@ -164,17 +164,25 @@ def finalize_zfind(store: str | PathLike[str], results: str, *, keep_deltachi2: 
     1. ``ZWarn.Z_SPIKE`` on the members of the store's redshift spikes (:mod:`dzspec.kernels.zspikes`), with the
        other ``zwarn`` bits as the untrusted set; the spikes go to the ``redshift_spikes`` attribute;
     2. when the basis carries a confidence model (``dzspec calibrate-confidence``), ``confidence`` for every
-       spectrum (:mod:`dzspec.kernels.confidence`) and ``ZWarn.LOW_CONFIDENCE`` below its threshold.
+       spectrum (:mod:`dzspec.kernels.confidence`) and ``ZWarn.LOW_CONFIDENCE`` below its threshold; the
+       confidence then decides on robustness too (R is one of its features), so ``ZWarn.LOW_ROBUSTNESS`` moves to
+       ``znote`` (``ZNote.LOW_ROBUSTNESS``).
 
-    Reads a few columns per spectrum (even 10^6 spectra take some tens of MB here) and rewrites ``zwarn`` and
-    ``confidence``; deterministic, so a rerun or a resumed run gives the same bits. Returns the spikes summary.
+    Reads a few columns per spectrum (even 10^6 spectra take some tens of MB here) and rewrites ``zwarn``,
+    ``znote`` and ``confidence``; deterministic, so a rerun or a resumed run gives the same bits. Returns the
+    spikes summary.
     """
     root = zstore.open_root(store, mode="a")
     group = root[results]
     params = dict(group.attrs["params"])
     trial_z = _z_trials(float(params["z_min"]), float(params["z_max"]), float(params["dz"]))
     zwarn = np.asarray(group["zwarn"][...], dtype=np.uint32)
-    base = zwarn & ~np.uint32(ZWarn.Z_SPIKE | ZWarn.LOW_CONFIDENCE)
+    znote = np.asarray(group["znote"][...], dtype=np.uint32)
+    # the scan's own bits, as the kernel set them (a moved LOW_ROBUSTNESS back in: a rerun gives the same result)
+    moved = (znote & np.uint32(ZNote.LOW_ROBUSTNESS)) != 0
+    base = (zwarn & ~np.uint32(ZWarn.Z_SPIKE | ZWarn.LOW_CONFIDENCE)) | np.where(
+        moved, np.uint32(ZWarn.LOW_ROBUSTNESS), np.uint32(0))
+    noted = znote & ~np.uint32(ZNote.LOW_ROBUSTNESS)
     index = trial_index(np.asarray(group["z"][...]), trial_z)
     spikes = find_spikes(index, trial_z.size, base != 0, p_max=p_max)
     members = spike_members(index, spikes["trial"], np.asarray(group["deltachi2"][...]),
@@ -198,9 +206,14 @@ def finalize_zfind(store: str | PathLike[str], results: str, *, keep_deltachi2: 
         confidence[~np.isfinite(np.asarray(group["z"][...]))] = np.nan
         with np.errstate(invalid="ignore"):
             flagged[~(confidence >= model.threshold)] |= np.uint32(ZWarn.LOW_CONFIDENCE)
+        robust_low = (flagged & np.uint32(ZWarn.LOW_ROBUSTNESS)) != 0
+        flagged &= ~np.uint32(ZWarn.LOW_ROBUSTNESS)
+        noted[robust_low] |= np.uint32(ZNote.LOW_ROBUSTNESS)
     with zstore.run_lock(store, results):
         if not np.array_equal(flagged, zwarn):
             group["zwarn"][...] = flagged
+        if not np.array_equal(noted, znote):
+            group["znote"][...] = noted
         if confidence is not None:
             group["confidence"][...] = confidence.astype(np.float32)
         group.attrs["redshift_spikes"] = zstore.jsonable(summary)

@@ -198,3 +198,14 @@ def test_confidence_model_is_learned_stored_with_the_basis_and_fills_confidence(
     assert np.isnan(confidence[7]) and np.isfinite(np.delete(confidence, 7)).all()
     low = (results.zwarn.values & ZWarn.LOW_CONFIDENCE) != 0
     np.testing.assert_array_equal(low[np.arange(30) != 7], confidence[np.arange(30) != 7] < summary["threshold"])
+    # the confidence decides on robustness: a LOW_ROBUSTNESS the scan set becomes a znote, never stays in zwarn
+    group = root[again.results]
+    weak = np.arange(30) % 4 == 0
+    group["zwarn"][...] = group["zwarn"][...] | np.where(weak, np.uint32(ZWarn.LOW_ROBUSTNESS), np.uint32(0))
+    finalize_zfind(tmp / "s.zarr", again.results)
+    assert not (group["zwarn"][...] & ZWarn.LOW_ROBUSTNESS).any()
+    np.testing.assert_array_equal((group["znote"][...] & ZNote.LOW_ROBUSTNESS) != 0, weak)
+    before = {name: group[name][...] for name in ("zwarn", "znote")}
+    finalize_zfind(tmp / "s.zarr", again.results)  # a rerun moves nothing twice
+    for name, values in before.items():
+        np.testing.assert_array_equal(root[again.results][name][...], values)
