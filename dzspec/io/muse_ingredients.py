@@ -16,7 +16,7 @@ from dzspec.io.ingredients import load_filter, load_sky_spectrum, load_ssp_grid,
 from dzspec.kernels.simulate.muse import MuseIngredients, muse_wavelength
 
 __all__ = ["RESIDUAL_PARTS", "blank_sky_residual_library", "blank_sky_residual_pattern", "blank_sky_spaxels",
-           "load_muse_ingredients"]
+           "load_muse_ingredients", "sky_line_pixels"]
 
 #: Which spatial tiles of a cube build a residual library: all of them, or one of two interleaved halves
 #: (a chequerboard), so that a training set and a test set carry residuals of disjoint spaxels.
@@ -79,10 +79,36 @@ def blank_sky_residual_pattern(cube_path: str | PathLike[str], faint_fraction: f
 
     The faintest ``faint_fraction`` of spaxels (by median flux) are blank sky; their residual/sigma, high-passed
     (a running median of ``highpass_pixels`` removed, which takes out faint continua), is averaged over
-    spaxels, so that the noise averages out and the residuals common to all spaxels (sky lines) remain.
+    spaxels, so that the noise averages out and the residuals common to all spaxels remain; only those at sky
+    lines are kept (:func:`sky_line_pixels`), so that extended line emission of the field is not taken for sky.
     """
     return blank_sky_residual_library(cube_path, tiles=1, faint_fraction=faint_fraction,
                                       highpass_pixels=highpass_pixels)[0]
+
+
+def sky_line_pixels(ivar: np.ndarray, *, min_ratio: float = 1.25, window: int = 61, grow: int = 2) -> np.ndarray:
+    """Pixels at sky lines, from the variance of blank-sky spectra ``ivar`` ``(nspaxel, nwave)``.
+
+    A sky line raises the photon noise: a pixel is at a sky line when the median variance over the spaxels
+    exceeds ``min_ratio`` times its running median over ``window`` pixels; the mask then grows by ``grow``
+    pixels on each side (line wings, the resampling of the cube). Extended emission of the field itself (the
+    Halpha nebula of a cool-core cluster such as Abell 478, which fills the faintest spaxels of its cube) is far too
+    faint to raise the variance like this, so its lines fall outside the mask.
+
+    Examples
+    --------
+    >>> ivar = np.ones((3, 200)); ivar[:, 100] = 0.25  # a sky line at pixel 100
+    >>> np.flatnonzero(sky_line_pixels(ivar)).tolist()
+    [98, 99, 100, 101, 102]
+    """
+    from scipy.ndimage import binary_dilation, median_filter
+
+    with np.errstate(divide="ignore"):
+        variance = np.nanmedian(np.where(ivar > 0, 1.0 / ivar, np.nan), axis=0)
+    finite = np.isfinite(variance)
+    variance = np.where(finite, variance, np.nanmedian(variance))
+    line = finite & (variance > min_ratio * median_filter(variance, size=window, mode="nearest"))
+    return binary_dilation(line, iterations=grow) if grow > 0 else line
 
 
 def blank_sky_residual_library(cube_path: str | PathLike[str], tiles: int = 4, part: str = "all",
@@ -93,7 +119,8 @@ def blank_sky_residual_library(cube_path: str | PathLike[str], tiles: int = 4, p
     ``faint_fraction`` of the cube, :func:`blank_sky_spaxels`) give one pattern as in
     :func:`blank_sky_residual_pattern`: residuals vary across the field (slices, IFUs), so the tiles differ.
     ``part`` keeps every tile (``all``) or one colour of a chequerboard (``even``: x + y tile index even,
-    ``odd``): the two halves share no spaxel. Tiles with fewer than 5 blank spaxels are left out.
+    ``odd``): the two halves share no spaxel. Tiles with fewer than 5 blank spaxels are left out. Each pattern is
+    zero away from the cube's sky lines (:func:`sky_line_pixels`).
 
     Examples
     --------
@@ -113,6 +140,9 @@ def blank_sky_residual_library(cube_path: str | PathLike[str], tiles: int = 4, p
     wavelength, flux, ivar, xy = blank_sky_spaxels(cube_path, faint_fraction, with_positions=True)
     ratio = flux * np.sqrt(ivar)
     ratio -= median_filter(ratio, size=(1, highpass_pixels), mode="nearest")
+    # Away from sky lines the mean of the faint spaxels is the field's own faint light (e.g. A478's Halpha+[N II]
+    # nebula at z = 0.086, 3-6 sigma in every tile), which would pull simulated spectra to the cluster redshift.
+    ratio *= sky_line_pixels(ivar)
     size = np.maximum(xy.max(axis=0) + 1, 1)
     tile = np.minimum(xy * tiles // size, tiles - 1)
     patterns = []
