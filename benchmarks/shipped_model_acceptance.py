@@ -21,6 +21,7 @@ ZWARN and confidence; and the two UDF spectra (no redshift shipped) for the reco
 Usage (about 20 minutes on 2 cores)::
 
     python benchmarks/shipped_model_acceptance.py --data ../shared/data --out acceptance-shipped [-n 5000]
+        [--basis OTHER_MODEL_STORE]   # e.g. an earlier shipped basis, on the same test sets
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def max_failure_window(z_pred: np.ndarray, width: float = 0.01) -> float:
     return float((ends - np.arange(z.size)).max() / z.size)
 
 
-def evaluate(store: Path, label: str, out: Path) -> dict[str, float]:
+def evaluate(store: Path, label: str, out: Path, before: Path | None = None) -> dict[str, float]:
     root = zstore.open_root(store)
     truth = root[f"spectra/{MUSE_GRID_NAME}"]
     res = root[RESULTS]
@@ -98,26 +99,55 @@ def evaluate(store: Path, label: str, out: Path) -> dict[str, float]:
         sel = cls == k
         report[f"gf_{name}"] = good_fraction(z[sel], z_true[sel])[0]
     print(f"[{label}] " + json.dumps(report, indent=1), flush=True)
-    _figures(out / label, z, z_true, right, regular, snr, depth, confidence, trusted, label)
+    z_before = None
+    if before is not None and (before / f"{label}.zarr").exists():  # an earlier model's scan of the same spectra
+        earlier = zstore.open_root(before / f"{label}.zarr")
+        if RESULTS in earlier and earlier[RESULTS].attrs.get("status") == "complete":
+            z_before = earlier[RESULTS]["z"][:].astype(np.float64)
+            same_truth = earlier[f"spectra/{MUSE_GRID_NAME}"]["z_true"][:]
+            if not np.array_equal(same_truth, truth["z_true"][:], equal_nan=True):
+                raise ValueError(f"{before}/{label}.zarr holds other spectra than {store}")
+            report["gf_regular_before"] = good_fraction(z_before[regular], z_true[regular])[0]
+    for name, values, edges in (("snr_lines", snr, SNR_EDGES), ("depth", depth, DEPTH_EDGES)):
+        report[f"gf_by_{name}"] = dict(zip(*_gf_by_bin(values, edges, right, regular), strict=True))
+        if z_before is not None:
+            right_before = np.abs(z_before - z_true) < TOLERANCE * (1.0 + z_true)
+            report[f"gf_by_{name}_before"] = dict(zip(*_gf_by_bin(values, edges, right_before, regular), strict=True))
+    _figures(out / label, z, z_true, right, regular, snr, depth, confidence, trusted, label, z_before)
     return report
 
 
-def _figures(prefix: Path, z, z_true, right, regular, snr, depth, confidence, trusted, label) -> None:
+SNR_EDGES = (0, 3, 5, 7, 10, 13, 20, 40, np.inf)
+DEPTH_EDGES = (0, 1.5, 3.5, 7, 15, 40, 200)
+
+
+def _gf_by_bin(values, edges, right, regular) -> tuple[list[str], list[float]]:
+    """GF of the regular galaxies in each bin of ``values`` holding at least 10 of them."""
+    centres, fractions = [], []
+    for lo, hi in itertools.pairwise(edges):
+        sel = regular & (values >= lo) & (values < hi)
+        if sel.sum() >= 10:
+            centres.append(f"{lo:g}-{hi:g}")
+            fractions.append(float(right[sel].mean()))
+    return centres, fractions
+
+
+def _figures(prefix: Path, z, z_true, right, regular, snr, depth, confidence, trusted, label,
+             before: np.ndarray | None = None) -> None:
+    """GF by snr_lines and depth (with ``before``, the z of an earlier model on the same spectra, beside), the
+    failure map and the purity-completeness curve of the confidence."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    for ax, values, edges, name in ((axes[0], snr, [0, 3, 5, 7, 10, 13, 20, 40, np.inf], "snr_lines"),
-                                    (axes[1], depth, [0, 1.5, 3.5, 7, 15, 40, 200], "depth (h)")):
-        centres, fractions = [], []
-        for lo, hi in itertools.pairwise(edges):
-            sel = regular & (values >= lo) & (values < hi)
-            if sel.sum() >= 10:
-                centres.append(f"{lo:g}-{hi:g}")
-                fractions.append(right[sel].mean())
-        ax.plot(centres, fractions, "o-")
+    for ax, values, edges, name in ((axes[0], snr, SNR_EDGES, "snr_lines"), (axes[1], depth, DEPTH_EDGES, "depth (h)")):
+        ax.plot(*_gf_by_bin(values, edges, right, regular), "o-", label="this model")
+        if before is not None:
+            ax.plot(*_gf_by_bin(values, edges, np.abs(before - z_true) < TOLERANCE * (1.0 + z_true), regular), "s--",
+                    color="0.5", label="before")
+            ax.legend()
         ax.set_xlabel(name)
         ax.set_ylabel("GF (regular galaxies)")
         ax.set_ylim(0, 1.02)
@@ -141,7 +171,7 @@ def _figures(prefix: Path, z, z_true, right, regular, snr, depth, confidence, tr
     plt.close(fig)
 
 
-def real_spectra(data: Path, out: Path, client) -> list[dict[str, object]]:
+def real_spectra(data: Path, out: Path, client, basis_path: Path, basis_name: str) -> list[dict[str, object]]:
     """The Abell 478 members (z = 0.086) from the real cube, and the two UDF spectra."""
     cube = data / "muse_mpdaf_cubes" / "minicube_A478.fits.gz"
     rows = [line.split() for line in (data / "muse_mpdaf_cubes" / "minicube_A478_cat.txt").read_text().splitlines()[1:]]
@@ -151,14 +181,13 @@ def real_spectra(data: Path, out: Path, client) -> list[dict[str, object]]:
                              "radius": 3.0}}
     ingest([cube], store, client, format="muse_cube", options=options, progress=False)
     listed = []
-    basis = MODELS["muse"]
     for group in zstore.spectra_groups(zstore.open_root(store)):
-        run_zfind(store, basis.path, client, basis_name=basis.group, group=group, progress=False)
+        run_zfind(store, basis_path, client, basis_name=basis_name, group=group, progress=False)
     for path in ("DR2_001032.fits", "mosaic_01102.fits"):
         udf = out / f"udf_{path}.zarr"
         ingest([data / "muse_udf_format" / path], udf, client, progress=False)
         for group in zstore.spectra_groups(zstore.open_root(udf)):
-            run_zfind(udf, basis.path, client, basis_name=basis.group, group=group, progress=False)
+            run_zfind(udf, basis_path, client, basis_name=basis_name, group=group, progress=False)
     for source, known in [(store, [m[3] for m in members]), (out / "udf_DR2_001032.fits.zarr", [np.nan]),
                           (out / "udf_mosaic_01102.fits.zarr", [np.nan])]:
         root = zstore.open_root(source)
@@ -182,9 +211,13 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5000, help="spectra of the sps-odd test set (default 5000)")
     parser.add_argument("--n-analytic", type=int, default=2500, help="spectra of the analytic-odd set (2500)")
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--basis", type=Path, default=MODELS["muse"].path,
+                        help="basis store to measure (default: the shipped muse one), e.g. an earlier model")
+    parser.add_argument("--basis-name", default=MODELS["muse"].group, help="its basis name (default nmf)")
+    parser.add_argument("--before", type=Path,
+                        help="the --out of a run with an earlier model: its GF by snr_lines and depth goes beside")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    basis = MODELS["muse"]
     config = MuseSimConfig(class_fractions=TEST_MIX)
     reports = {}
     with make_client(n_workers=args.workers) as client:
@@ -196,11 +229,11 @@ def main() -> None:
             t0 = time.perf_counter()
             simulate(store, "muse", n, client, seed=seed, config=config, continua=continua, chunk_rows=512,
                      ingredient_paths={**ingredients, "residual_part": "odd"}, progress=False)
-            run = run_zfind(store, basis.path, client, basis_name=basis.group, progress=False)
+            run = run_zfind(store, args.basis, client, basis_name=args.basis_name, progress=False)
             print(f"[{label}] simulated and scanned {n} spectra in {time.perf_counter() - t0:.0f} s "
                   f"({run.summary()})", flush=True)
-            reports[label] = evaluate(store, label, args.out)
-        reports["real"] = real_spectra(args.data, args.out, client)
+            reports[label] = evaluate(store, label, args.out, args.before)
+        reports["real"] = real_spectra(args.data, args.out, client, args.basis, args.basis_name)
     (args.out / "report.json").write_text(json.dumps(reports, indent=1, default=float))
 
 
