@@ -45,7 +45,7 @@ class MuseBasisRecipe:
 
     n_train: int = 6000
     train_seed: int = 1001
-    n_calibration: int = 3000
+    n_calibration: int = 6000
     calibration_seed: int = 1002
     residual_part: str = "even"
     rank: int = 10  # B26's cross-validated rank (their Fig. 4); dzspec select-rank checks it on these spectra

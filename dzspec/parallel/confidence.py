@@ -2,7 +2,7 @@
 
 The store is a simulated survey (truth in ``z_true``; false sources, with NaN, are never right) already scanned by
 ``dzspec zfind`` with the basis the model will belong to. Its rows are split in two disjoint halves by a seeded
-permutation: the logistic regression is fitted on one, and the LOW_CONFIDENCE threshold chosen on the other as the
+permutation: the gradient-boosted trees are fitted on one, and the LOW_CONFIDENCE threshold chosen on the other as the
 lowest cut at which the spectra left with ``zwarn == 0`` are ``purity`` right. The model, the threshold and that
 report are stored with the basis (``bases/<name>`` attributes), so every later ``zfind`` with it fills
 ``confidence`` and sets LOW_CONFIDENCE. Quote acceptance figures from a third store that neither the basis nor this
@@ -60,7 +60,7 @@ def calibrate_confidence(store: str | PathLike[str], results: str, basis_store: 
     scanned = np.isfinite(columns["z"])
     order = np.random.default_rng(seed).permutation(np.flatnonzero(scanned))
     fit_rows, calibration_rows = np.sort(order[: order.size // 2]), np.sort(order[order.size // 2:])
-    model = fit_confidence(x[fit_rows], right[fit_rows], FEATURES)
+    model = fit_confidence(x[fit_rows], right[fit_rows], FEATURES, seed=seed)
     confidence = model.predict(x)
     eligible = calibration_rows[~other_bits[calibration_rows]]
     cut = threshold_for_purity(confidence[eligible], right[eligible], purity)
