@@ -18,7 +18,8 @@ or two peaks, [O II] interlopers whose doublet falls in the Lya window, galaxies
 3. ``dzspec lae`` over the whole store with the s of the simulated sky set; on the second half of the rows:
    purity and completeness against the calibrated |dchi2| threshold (all classes: interlopers and empty fibres
    lower the purity), with the scan alone (U25's rule) and with the interloper flags of
-   :mod:`dzspec.kernels.lae_interlopers` (EW and low-z companion lines), their values at 25, and the fraction of
+   :mod:`dzspec.kernels.lae_interlopers` (EW and low-z companion lines), and with ``zwarn == 0`` (those flags, the
+   detection threshold and the scan's own EDGE/curvature bits: the trust cut), their values at 25, and the fraction of
    LAE redshifts within 0.005 of the truth, overall and by the line's SNR.
 
 With ``--prior shipped`` step 1 is skipped: the shipped ``desi_lae`` priors (:mod:`dzspec.models`, made from
@@ -261,7 +262,8 @@ def main() -> None:
     correct = is_lae & (np.abs(z_fit - z_true) < 0.005)
     thresholds = np.logspace(0, 3, 61)
     rules = {"scan alone (U25)": np.ones(test.size, dtype=bool),
-             "with interloper flags": (warn.astype(np.int64) & INTERLOPER_BITS) == 0}
+             "with interloper flags": (warn.astype(np.int64) & INTERLOPER_BITS) == 0,
+             "zwarn == 0 (trust cut)": warn == 0}
     curves = {label: purity_completeness(np.where(kept, score, 0.0), correct, thresholds)
               for label, kept in rules.items()}
     summary["classification"] = {

@@ -244,7 +244,7 @@ def _cmd_lae(args: argparse.Namespace) -> int:
 
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
               "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max,
-              "line_snr_min": args.line_snr_min}
+              "line_snr_min": args.line_snr_min, "dchi2_min": args.threshold}
     prior, name = (args.prior, args.name) if args.prior else _shipped("prior", args.store, args.group)
     with _client(args) as client:
         report = run_lae(args.store, prior, client, prior_name=name, params=params, **_runner_kwargs(args))
@@ -255,7 +255,8 @@ def _cmd_lae(args: argparse.Namespace) -> int:
         vetoed = (score > args.threshold) & ((warn.astype("int64") & INTERLOPER_BITS) != 0)
         print(f"LAE candidates (calibrated |dchi2| > {args.threshold:g}, no interloper flag): "
               f"{int(select_lae(score, warn, args.threshold).sum())} of {score.size}; "
-              f"{int(vetoed.sum())} above the threshold flagged (low-z interloper or no line)")
+              f"{int(vetoed.sum())} above the threshold flagged (low-z interloper or no line); zwarn == 0 (trust): "
+              f"{int((warn == 0).sum())}")
     return 0 if report.complete else 1
 
 
@@ -589,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--line-snr-min", type=float, default=2.0,
                    help="flag NO_LINE below this S/N of a Gaussian at the Lya wavelength on the native pixels")
     p.add_argument("--threshold", type=float, default=25.0,
-                   help="calibrated |dchi2| of an LAE candidate in the printed count (U25: 25)")
+                   help="calibrated |dchi2| of an LAE detection (U25: 25): below it zwarn has LOW_SIGNIFICANCE")
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_lae)

@@ -106,6 +106,7 @@ class LAEWarn(enum.IntFlag):
     LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.kernels.lae_interlopers`)
     LOWZ_LINES = 1 << 6  #: companion lines of a low-z reading of the line ([O II], H-beta, [O III] 5007)
     NO_LINE = 1 << 7  #: no line on the native pixels at the Lya wavelength (a continuum step or junction fitted)
+    LOW_SIGNIFICANCE = 1 << 8  #: calibrated abs(dchi2) at or below the detection threshold (U25: 25): no LAE found
 
 
 def _cf_flags(flags: type[enum.IntFlag]) -> dict[str, Any]:

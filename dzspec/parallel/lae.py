@@ -53,7 +53,7 @@ from dzspec.kernels.madgics_priors import (
 )
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.runner import RunReport, run_kernel
-from dzspec.results_schema import CANDIDATE_DIM, output_specs
+from dzspec.results_schema import CANDIDATE_DIM, LAEWarn, output_specs
 
 __all__ = ["LAE_SCAN", "build_lae_prior", "prior_rows", "run_lae"]
 
@@ -262,7 +262,7 @@ def cached_prior(path: str, name: str, sha256: str) -> LoadedPrior:
 def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
                     calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
-                    lowz_max: float, line_snr_min: float) -> dict[str, np.ndarray]:
+                    lowz_max: float, line_snr_min: float, dchi2_min: float) -> dict[str, np.ndarray]:
     loaded = cached_prior(prior_store, prior_name, prior_sha256)
     grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
@@ -274,6 +274,9 @@ def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
     tests = interloper_tests(wavelength, np.asarray(flux, np.float64), np.asarray(ivar, np.float64), result.z,
                              line_flux)
     warn = result.warn.astype(np.uint32) | tests.warn(ew_min, continuum_snr, lowz_max, line_snr_min)
+    # every bit means "not a trusted LAE": zwarn == 0 is select_lae's selection (less the EDGE/curvature cases)
+    with np.errstate(invalid="ignore"):
+        warn[~(result.abs_dchi2_cal > dchi2_min)] |= np.uint32(LAEWarn.LOW_SIGNIFICANCE)
     # candidate 0 is the coarse best, then the coarse alternatives (the vocabulary's one candidate dimension)
     candidate_z = np.column_stack([result.z_coarse, result.z_alt])
     candidate_dchi2 = np.column_stack([result.dchi2_coarse, result.dchi2_alt])
@@ -302,7 +305,8 @@ def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
         "lowz_hypothesis": {"flag_meanings": " ".join(LOWZ_HYPOTHESES)},
         "zwarn": {"interloper_cuts": f"LOW_EW: continuum > {params['continuum_snr']} sigma and EW_rest < "
                                      f"{params['ew_min']} A; LOWZ_LINES: lowz_score > {params['lowz_max']}; NO_LINE: "
-                                     f"lae_line_snr < {params['line_snr_min']}"},
+                                     f"lae_line_snr < {params['line_snr_min']}; LOW_SIGNIFICANCE: "
+                                     f"lae_abs_dchi2_cal <= {params['dchi2_min']}"},
     }
     return output_specs("madgics_lae", names, {CANDIDATE_DIM: 3, "lae_vector": int(params["n_lae"])}, extra)
 
@@ -313,9 +317,9 @@ LAE_SCAN = KernelSpec(
     func=_lae_scan_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="4",
+    version="5",
     defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
-              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0},
+              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0, "dchi2_min": 25.0},
 )
 
 
@@ -325,8 +329,10 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
 
     ``params`` override :data:`LAE_SCAN`'s defaults (``z_min``, ``n_shifts``, ``fine_half_width``, ``calibration``
     (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max``, ``line_snr_min`` of
-    :mod:`dzspec.kernels.lae_interlopers`); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
-    :func:`~dzspec.kernels.lae_interlopers.select_lae` of ``lae_abs_dchi2_cal`` and ``zwarn`` classifies.
+    :mod:`dzspec.kernels.lae_interlopers`, and ``dchi2_min``, the detection threshold of calibrated abs(dchi2) below
+    which ``zwarn`` has LOW_SIGNIFICANCE); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
+    ``zwarn == 0`` is the trust cut: a detected LAE (:func:`~dzspec.kernels.lae_interlopers.select_lae` at
+    ``dchi2_min``) with no interloper flag and a well-measured redshift.
     """
     prior_store = str(Path(prior_store).resolve())
     loaded = load_lae_prior(prior_store, prior_name)

@@ -25,6 +25,7 @@ from dzspec.kernels.madgics_priors import (
 )
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.lae import run_lae
+from dzspec.results_schema import LAEWarn
 from dzspec.simulate import simulate
 from tests.conftest import COARSE_LAE_GRID_ARGS, small_lae_prior
 from tests.conftest import COARSE_N_SHIFTS as N_SHIFTS
@@ -107,7 +108,8 @@ def test_lae_scan_through_the_runner(desi, client):
     np.testing.assert_allclose(results.lae_line_flux.values[rows], line_flux, rtol=1e-6)
     np.testing.assert_allclose(results.lae_ew_rest.values[rows], tests.ew_rest, rtol=1e-6)
     np.testing.assert_allclose(results.lowz_score.values[rows], tests.lowz_score, rtol=1e-6)
-    np.testing.assert_array_equal(results.zwarn.values[rows], direct.warn.astype(np.uint32) | tests.warn())
+    weak = np.where(direct.abs_dchi2_cal > 25.0, 0, int(LAEWarn.LOW_SIGNIFICANCE)).astype(np.uint32)
+    np.testing.assert_array_equal(results.zwarn.values[rows], direct.warn.astype(np.uint32) | tests.warn() | weak)
     # bright LAEs are found (a coarse grid: 4x U25's pixel)
     names = spectra.sim_class.attrs["flag_meanings"].split()
     bright = np.isin(spectra.sim_class.values, [names.index("lae"), names.index("lae_double_peak")]) & (
@@ -122,6 +124,10 @@ def test_lae_scan_through_the_runner(desi, client):
     selected = select_lae(np.abs(results.lae_dchi2.values), results.zwarn.values)
     found = np.flatnonzero(bright)[error < 0.005]
     assert (results.zwarn.values[found] & INTERLOPER_BITS).astype(bool).mean() < 0.05
+    # zwarn == 0 is the trust cut: the selected LAEs less those with a poorly measured redshift
+    trusted = results.zwarn.values == 0
+    assert trusted.sum() >= 20 and not (trusted & ~selected).any()
+    assert (selected & ~trusted).sum() == ((results.zwarn.values[selected] & ~np.uint32(INTERLOPER_BITS)) != 0).sum()
     for name in ("oii_interloper", "galaxy"):
         members = (spectra.sim_class.values == names.index(name)) & detected
         assert members.sum() >= 20 and selected[members].mean() < 0.3, name
