@@ -480,8 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "store's survey (dzspec models)")
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
-    p.add_argument("--z-min", type=float, default=0.0)
-    p.add_argument("--z-max", type=float, default=6.7)
+    p.add_argument("--z-min", type=float, help="first trial redshift (default: the basis's scan range, else 0)")
+    p.add_argument("--z-max", type=float, help="last trial redshift (default: the basis's scan range, else 6.7; "
+                   "the shipped desi_galaxy basis: 0-1.7)")
     p.add_argument("--dz", type=float, default=0.0005, help="trial step (B26: 0.0005)")
     p.add_argument("--weighting", choices=("weighted", "unweighted"), default="weighted",
                    help="NNLS weighting; unweighted reproduces the authors' code (chi2 stays weighted)")
@@ -650,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the shipped default models, or remake one from its recipe")
     p.add_argument("action", nargs="?", choices=("list", "remake"), default="list")
-    p.add_argument("name", nargs="?", help="with remake: the model (muse, desi_lae)")
+    p.add_argument("name", nargs="?", help="with remake: the model (muse, desi_lae, desi_galaxy)")
     p.add_argument("--data", type=Path, help="with remake: the folder of real ingredients (shared/data)")
     p.add_argument("--work", type=Path, help="with remake: folder for the simulations and the new model")
     p.add_argument("--install", action="store_true", help="with remake: replace the shipped model and its entry")

@@ -281,10 +281,12 @@ def _checkpointing(path: Path, settings: str, result: NMFResult
 
 def train_and_save(store: str | PathLike[str], out: str | PathLike[str], name: str, client: Client, rank: int, *,
                    group: str | None = None, grid: LogGrid = PAPER_GRID, max_spectra: int | None = None,
-                   seed: int = 100921, overwrite: bool = False, **options: Any) -> tuple[str, NMFResult, int]:
+                   seed: int = 100921, overwrite: bool = False, attrs: dict[str, Any] | None = None,
+                   **options: Any) -> tuple[str, NMFResult, int]:
     """What ``dzspec train`` does: pick the training rows (:func:`select_training_rows`), train
     (:func:`train_basis`, ``options`` as its keywords) and save ``out``/bases/``name`` with the training store's
-    provenance; returns the group path, the result and the number of training spectra.
+    provenance and ``attrs`` (e.g. ``scan_z_range``, the trial range zfind defaults to with this basis); returns
+    the group path, the result and the number of training spectra.
 
     The training checkpoints after each rank stage to ``<out>.<name>-training.npz`` beside the output store: the
     same call after a kill resumes from there (:func:`training_checkpoint`).
@@ -296,7 +298,7 @@ def train_and_save(store: str | PathLike[str], out: str | PathLike[str], name: s
     result, training = train_basis(store, client, rank, group=group, rows=rows, grid=grid, seed=seed, **options)
     path = save_basis(out, name, result, grid, training_sha256=training, overwrite=overwrite,
                       extra_attrs={"training_store": str(store), "training_group": group,
-                                   "training_spectra": int(rows.size)})
+                                   "training_spectra": int(rows.size), **(attrs or {})})
     return path, result, int(rows.size)
 
 

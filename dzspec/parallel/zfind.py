@@ -124,7 +124,8 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     """Scan every spectrum of a store's spectra group with a saved basis, into ``results/<grid>/nmf_zfind``.
 
     ``params`` override :data:`ZFIND`'s defaults (trial grid, weighting, ``refine``, ``store_chi2``,
-    ``chi2_decimate``, ``nuisance_order`` ...; Moose's ``weighting="unweighted"`` fit has no nuisance terms, so
+    ``chi2_decimate``, ``nuisance_order`` ...; a missing or None ``z_min``/``z_max`` is the basis's ``scan_z_range``
+    attribute when it has one, else 0-6.7; Moose's ``weighting="unweighted"`` fit has no nuisance terms, so
     there the default order is -1); ``noise_calibration`` is ``"auto"`` (the group's own calibration, measured first
     when missing or stale and the group is large enough, else the basis store's instrument default for the grid:
     :func:`~dzspec.parallel.noise_calibration.resolve_noise_calibration`), ``"off"``, or the name of a stored one;
@@ -140,6 +141,11 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
         raise ValueError("weighting='unweighted' (Moose's fit) takes no nuisance terms: use nuisance_order -1")
     basis_store = str(Path(basis_store).resolve())
     basis = load_basis(basis_store, basis_name)
+    # a basis made for one redshift range (the shipped DESI galaxy basis: 0-1.7) is scanned over it unless asked
+    for key, value in zip(("z_min", "z_max"), basis.attrs.get("scan_z_range", ()), strict=False):
+        if params.get(key) is None:
+            params[key] = float(value)
+    params = {key: value for key, value in params.items() if value is not None}
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
     calibration = resolve_noise_calibration(store, spectra, noise_calibration, fallback=basis_store)
     if calibration is not None:

@@ -209,3 +209,22 @@ def test_confidence_model_is_learned_stored_with_the_basis_and_fills_confidence(
     finalize_zfind(tmp / "s.zarr", again.results)  # a rerun moves nothing twice
     for name, values in before.items():
         np.testing.assert_array_equal(root[again.results][name][...], values)
+
+
+def test_a_basis_scan_range_is_the_default_trial_range_and_params_override_it(setup, client):
+    """A basis made for one redshift range (the shipped DESI galaxy basis: 0-1.7) is scanned over it by default."""
+    tmp, *_ = setup
+    basis = load_basis(tmp / "basis.zarr", "toy")
+    fit = NMFResult(basis.basis, np.zeros((1, 3)), np.ones(GRID.size, bool))
+    save_basis(tmp / "basis.zarr", "ranged", fit, GRID, training_sha256="analytic", overwrite=True,
+               extra_attrs={"scan_z_range": [0.1, 0.3]})
+    ranged = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="ranged", params={"z_max": None},
+                       results="results/ranged", progress=False)
+    chosen = run_zfind(tmp / "s.zarr", tmp / "basis.zarr", client, basis_name="ranged", params={"z_max": 0.5},
+                       results="results/chosen", progress=False)
+    root = zstore.open_root(tmp / "s.zarr")
+    params = root[ranged.results].attrs["params"]
+    assert (params["z_min"], params["z_max"]) == (0.1, 0.3)
+    z = root[ranged.results]["z"][...]
+    assert np.nanmin(z) >= 0.1 - 1e-9 and np.nanmax(z) <= 0.3 + 1e-9
+    assert (root[chosen.results].attrs["params"]["z_min"], root[chosen.results].attrs["params"]["z_max"]) == (0.1, 0.5)
