@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECIPES", "DesiLaePriorRecipe", "MuseBasisRecipe", "make_model"]
+__all__ = ["RECIPES", "DesiGalaxyBasisRecipe", "DesiLaePriorRecipe", "MuseBasisRecipe", "make_model"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,33 @@ class MuseBasisRecipe:
 
 
 @dataclass(frozen=True)
+class DesiGalaxyBasisRecipe:
+    """The shipped DESI galaxy NMF basis: rank ``rank`` trained to ``tol`` on the coadds of a simulated DESI survey
+    of galaxies (passive and star-forming, 0 < z < 1.6, BC03 continua) and [O II] emitters, scanned by default over
+    ``scan_z_range`` (Redrock's galaxy range), with its LOW_CONFIDENCE model fitted on a second such survey."""
+
+    n_train: int = 4000
+    train_seed: int = 3001
+    n_calibration: int = 4000
+    calibration_seed: int = 3002
+    class_fractions: tuple[float, ...] = (0.0, 0.0, 0.2, 0.8, 0.0)  # DESI_SIM_CLASSES: galaxies and [O II] emitters
+    scan_z_range: tuple[float, float] = (0.0, 1.7)
+    rank: int = 10
+    tol: float = 1e-3
+    max_iter: int = 1300
+    nmf_seed: int = 100921
+    purity: float = 0.995
+    ingredients: dict[str, str] = field(default_factory=lambda: dict(DESI_INGREDIENTS))
+
+    kind = "basis"
+    survey = "desi"
+    store = "desi_galaxy_nmf.zarr"
+    group = "nmf"
+    description = ("DESI galaxy NMF basis (rank 10, B26 rest-frame grid, scanned over 0 < z < 1.7) trained on 4 000 "
+                   "simulated DESI coadds of galaxies with BC03 continua; with its LOW_CONFIDENCE model")
+
+
+@dataclass(frozen=True)
 class DesiLaePriorRecipe:
     """The shipped DESI MADGICS priors: U25's 50 sky-residual and 2 LAE eigenvectors from a simulated DESI survey
     (DESI model sky, BC03 continua): its sky fibres and its LAEs."""
@@ -90,9 +117,12 @@ def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
     return paths
 
 
-def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
-    """Run :class:`MuseBasisRecipe`: simulate, train, save ``out``/bases/nmf with the training survey's noise
-    calibration as the instrument default, calibrate its confidence."""
+def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path, work: Path, client: Any, *,
+                config: Any = None, group: str | None = None, attrs: dict[str, Any] | None = None) -> str:
+    """Simulate a training survey, train the basis to ``recipe.tol``, save it to ``out``/bases/<recipe.group> with
+    the training survey's noise calibration as the instrument default (for stores too small to measure their own),
+    then scan a second simulated survey with it and fit its LOW_CONFIDENCE model on that scan."""
+    from dzspec.io.bases import load_basis
     from dzspec.io.noise import calibration_path
     from dzspec.parallel.confidence import calibrate_confidence
     from dzspec.parallel.noise_calibration import calibrate_noise
@@ -100,25 +130,36 @@ def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, 
     from dzspec.parallel.zfind import run_zfind
     from dzspec.simulate import simulate
 
-    ingredients = {**_paths(data, recipe.ingredients), "residual_part": recipe.residual_part}
-    train_store, calibration_store = work / "muse_train.zarr", work / "muse_calibration.zarr"
-    simulate(train_store, "muse", recipe.n_train, client, seed=recipe.train_seed, ingredient_paths=ingredients,
-             continua="sps", progress=False)
-    train_and_save(train_store, out, recipe.group, client, recipe.rank, tol=recipe.tol, max_iter=recipe.max_iter,
-                   seed=recipe.nmf_seed, overwrite=True)
-    # The instrument default noise calibration, for stores too small to measure their own (zfind's auto).
-    noise = calibrate_noise(train_store, overwrite=True)
+    train_store, calibration_store = work / f"{survey}_train.zarr", work / f"{survey}_calibration.zarr"
+    simulate(train_store, survey, recipe.n_train, client, seed=recipe.train_seed, config=config,
+             ingredient_paths=ingredients, continua="sps", progress=False)
+    train_and_save(train_store, out, recipe.group, client, recipe.rank, group=group, tol=recipe.tol,
+                   max_iter=recipe.max_iter, seed=recipe.nmf_seed, overwrite=True, attrs=attrs)
+    noise = calibrate_noise(train_store, group=group, overwrite=True)
     target = out / calibration_path(noise.attrs["spectra_group"])
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(train_store / calibration_path(noise.attrs["spectra_group"]), target)
     # chunks of 512 spectra, so that the scan spreads over every worker (the spectra do not depend on it)
-    simulate(calibration_store, "muse", recipe.n_calibration, client, seed=recipe.calibration_seed,
+    simulate(calibration_store, survey, recipe.n_calibration, client, seed=recipe.calibration_seed, config=config,
              ingredient_paths=ingredients, continua="sps", chunk_rows=512, progress=False)
-    report = run_zfind(calibration_store, out, client, basis_name=recipe.group, progress=False)
+    report = run_zfind(calibration_store, out, client, basis_name=recipe.group, group=group, progress=False)
     calibrate_confidence(calibration_store, report.results, out, basis_name=recipe.group, purity=recipe.purity)
-    from dzspec.io.bases import load_basis
-
     return str(load_basis(out, recipe.group).attrs["basis_sha256"])
+
+
+def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
+    """Run :class:`MuseBasisRecipe`: BC03 continua and the even tiles' residuals (:func:`_make_basis`)."""
+    ingredients = {**_paths(data, recipe.ingredients), "residual_part": recipe.residual_part}
+    return _make_basis(recipe, "muse", ingredients, out, work, client)
+
+
+def make_desi_galaxy_basis(recipe: DesiGalaxyBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
+    """Run :class:`DesiGalaxyBasisRecipe` on the coadds of a galaxies-only DESI survey (:func:`_make_basis`)."""
+    from dzspec.kernels.simulate.desi import DESI_GRID_NAME, DesiSimConfig
+
+    config = DesiSimConfig(class_fractions=recipe.class_fractions)
+    return _make_basis(recipe, "desi", _paths(data, recipe.ingredients), out, work, client, config=config,
+                       group=f"spectra/{DESI_GRID_NAME}", attrs={"scan_z_range": list(recipe.scan_z_range)})
 
 
 def make_desi_lae_prior(recipe: DesiLaePriorRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
@@ -142,6 +183,7 @@ def make_desi_lae_prior(recipe: DesiLaePriorRecipe, data: Path, work: Path, out:
 RECIPES: dict[str, tuple[Any, Callable[..., str]]] = {
     "muse": (MuseBasisRecipe(), make_muse_basis),
     "desi_lae": (DesiLaePriorRecipe(), make_desi_lae_prior),
+    "desi_galaxy": (DesiGalaxyBasisRecipe(), make_desi_galaxy_basis),
 }
 
 
