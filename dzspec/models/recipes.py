@@ -67,13 +67,16 @@ class MuseBasisRecipe:
 class DesiGalaxyBasisRecipe:
     """The shipped DESI galaxy NMF basis: rank ``rank`` trained to ``tol`` on the coadds of a simulated DESI survey
     of galaxies (passive and star-forming, 0 < z < 1.6, BC03 continua) and [O II] emitters, scanned by default over
-    ``scan_z_range`` (Redrock's galaxy range), with its LOW_CONFIDENCE model fitted on a second such survey."""
+    ``scan_z_range`` (Redrock's galaxy range), with its LOW_CONFIDENCE model fitted on a second survey that also
+    holds what the basis cannot describe (LAEs at 2 < z < 4, empty sky fibres), so that those get LOW_CONFIDENCE."""
 
     n_train: int = 4000
     train_seed: int = 3001
     n_calibration: int = 4000
     calibration_seed: int = 3002
     class_fractions: tuple[float, ...] = (0.0, 0.0, 0.2, 0.8, 0.0)  # DESI_SIM_CLASSES: galaxies and [O II] emitters
+    # the confidence must also learn what a galaxy basis cannot describe: LAEs (one line, z > 1.7) and sky fibres
+    calibration_class_fractions: tuple[float, ...] = (0.15, 0.0, 0.15, 0.55, 0.15)
     scan_z_range: tuple[float, float] = (0.0, 1.7)
     rank: int = 10
     tol: float = 1e-3
@@ -118,10 +121,12 @@ def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
 
 
 def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path, work: Path, client: Any, *,
-                config: Any = None, group: str | None = None, attrs: dict[str, Any] | None = None) -> str:
-    """Simulate a training survey, train the basis to ``recipe.tol``, save it to ``out``/bases/<recipe.group> with
-    the training survey's noise calibration as the instrument default (for stores too small to measure their own),
-    then scan a second simulated survey with it and fit its LOW_CONFIDENCE model on that scan."""
+                config: Any = None, calibration_config: Any = None, group: str | None = None,
+                attrs: dict[str, Any] | None = None) -> str:
+    """Simulate a training survey (``config``), train the basis to ``recipe.tol``, save it to
+    ``out``/bases/<recipe.group> with the training survey's noise calibration as the instrument default (for stores
+    too small to measure their own), then scan a second simulated survey with it (``calibration_config``, by
+    default the training's) and fit its LOW_CONFIDENCE model on that scan."""
     from dzspec.io.bases import load_basis
     from dzspec.io.noise import calibration_path
     from dzspec.parallel.confidence import calibrate_confidence
@@ -140,7 +145,8 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(train_store / calibration_path(noise.attrs["spectra_group"]), target)
     # chunks of 512 spectra, so that the scan spreads over every worker (the spectra do not depend on it)
-    simulate(calibration_store, survey, recipe.n_calibration, client, seed=recipe.calibration_seed, config=config,
+    simulate(calibration_store, survey, recipe.n_calibration, client, seed=recipe.calibration_seed,
+             config=config if calibration_config is None else calibration_config,
              ingredient_paths=ingredients, continua="sps", chunk_rows=512, progress=False)
     report = run_zfind(calibration_store, out, client, basis_name=recipe.group, group=group, progress=False)
     calibrate_confidence(calibration_store, report.results, out, basis_name=recipe.group, purity=recipe.purity)
@@ -157,8 +163,9 @@ def make_desi_galaxy_basis(recipe: DesiGalaxyBasisRecipe, data: Path, work: Path
     """Run :class:`DesiGalaxyBasisRecipe` on the coadds of a galaxies-only DESI survey (:func:`_make_basis`)."""
     from dzspec.kernels.simulate.desi import DESI_GRID_NAME, DesiSimConfig
 
-    config = DesiSimConfig(class_fractions=recipe.class_fractions)
-    return _make_basis(recipe, "desi", _paths(data, recipe.ingredients), out, work, client, config=config,
+    return _make_basis(recipe, "desi", _paths(data, recipe.ingredients), out, work, client,
+                       config=DesiSimConfig(class_fractions=recipe.class_fractions),
+                       calibration_config=DesiSimConfig(class_fractions=recipe.calibration_class_fractions),
                        group=f"spectra/{DESI_GRID_NAME}", attrs={"scan_z_range": list(recipe.scan_z_range)})
 
 
