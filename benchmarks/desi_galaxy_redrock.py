@@ -27,7 +27,7 @@ matrix of the simulator's LSF (the real files' own matrices are not used, so bot
 Needs ``pip install -e '.[benchmark]'`` (redrock 0.21) and ../shared/data. Writes ``report.json``, ``zp_zt.png``
 and the per-spectrum redshifts (``<set>-fits.npz``) to ``--out``.
 
-Usage (about 25 minutes on 2 cores at the defaults)::
+Usage (about 50 minutes at the defaults, most of it Redrock on one core)::
 
     OMP_NUM_THREADS=1 python benchmarks/desi_galaxy_redrock.py --data ../shared/data --out /tmp/desi-rr
 """
