@@ -160,7 +160,8 @@ def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, 
 
 
 def make_desi_galaxy_basis(recipe: DesiGalaxyBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
-    """Run :class:`DesiGalaxyBasisRecipe` on the coadds of a galaxies-only DESI survey (:func:`_make_basis`)."""
+    """Run :class:`DesiGalaxyBasisRecipe` (:func:`_make_basis`): trained on the coadds of a DESI survey of galaxies,
+    its confidence fitted on a survey that also holds LAEs and sky fibres."""
     from dzspec.kernels.simulate.desi import DESI_GRID_NAME, DesiSimConfig
 
     return _make_basis(recipe, "desi", _paths(data, recipe.ingredients), out, work, client,
