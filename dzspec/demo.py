@@ -76,31 +76,40 @@ def run_demo(out: Path, client: Any, *, nfiles: int = 8, spectra_per_file: int =
     return 0 if ok and not problems else 1
 
 
-def _nmf_redshifts(store: Path, group: str, client: Any, figure: Path, *, progress: bool) -> tuple[Any, Path]:
-    """``zfind`` with the shipped MUSE basis (which never saw these spectra) over the survey, scored on every
-    spectrum with a true redshift, and what ``zwarn == 0`` keeps."""
+def _shipped_zfind(store: Path, group: str, client: Any, model: str, scored: Any, *, label: str, what: str,
+                   progress: bool) -> tuple[Any, np.ndarray, np.ndarray, float]:
+    """``zfind`` over ``group`` with the shipped basis ``model`` (which never saw these spectra), scored on the rows
+    ``scored(spectra)`` selects, and what ``zwarn == 0`` keeps of them; returns the run report, the predicted and
+    true redshifts of those rows and their good fraction."""
     from dzspec.io.store import open_results, open_spectra
     from dzspec.kernels.metrics import good_fraction
     from dzspec.models import MODELS
     from dzspec.parallel.zfind import run_zfind
-    from dzspec.viz.nmf import plot_zp_zt
 
-    basis = MODELS["muse"]
-    print(f"nmf: the shipped {basis.name!r} basis ({basis.description})")
+    basis = MODELS[model]
+    print(f"{label}: the shipped {basis.name!r} basis ({basis.description})")
     report = run_zfind(store, basis.path, client, basis_name=basis.group, group=group, overwrite=True,
                        progress=progress)
     print(report.summary())
-    spectra = open_spectra(store, group)
-    results = open_results(store, report.results)
-    z_pred, zwarn = results["z"].values, results["zwarn"].values
-    z_true = spectra.z_true.values
-    known = np.isfinite(z_true)
-    gf, good, total = good_fraction(z_pred[known], z_true[known])
-    trusted = known & (zwarn == 0)
+    spectra, results = open_spectra(store, group), open_results(store, report.results)
+    z_pred, z_true, zwarn = results["z"].values, spectra.z_true.values, results["zwarn"].values
+    rows = scored(spectra)
+    gf, good, total = good_fraction(z_pred[rows], z_true[rows])
+    trusted = rows & (zwarn == 0)
     gf_trusted, _, kept = good_fraction(z_pred[trusted], z_true[trusted])
-    print(f"nmf: good fraction {gf:.3f} ({good}/{total}) of the spectra with a true redshift (|dz| < 0.005 (1 + z)); "
-          f"zwarn == 0 keeps {kept} of them, {gf_trusted:.3f} right")
-    plot_zp_zt(z_pred[known], z_true[known], figure, title=f"dzspec demo: shipped NMF basis, GF {gf:.3f}")
+    print(f"{label}: good fraction {gf:.3f} ({good}/{total}) of {what}; zwarn == 0 keeps {kept} of them, "
+          f"{gf_trusted:.3f} right")
+    return report, z_pred[rows], z_true[rows], gf
+
+
+def _nmf_redshifts(store: Path, group: str, client: Any, figure: Path, *, progress: bool) -> tuple[Any, Path]:
+    """``zfind`` with the shipped MUSE basis over the survey, scored on every spectrum with a true redshift."""
+    from dzspec.viz.nmf import plot_zp_zt
+
+    report, z_pred, z_true, gf = _shipped_zfind(
+        store, group, client, "muse", lambda spectra: np.isfinite(spectra.z_true.values), label="nmf",
+        what="the spectra with a true redshift (|dz| < 0.005 (1 + z))", progress=progress)
+    plot_zp_zt(z_pred, z_true, figure, title=f"dzspec demo: shipped NMF basis, GF {gf:.3f}")
     return report, figure
 
 
@@ -135,26 +144,14 @@ def _lae_redshifts(store: Path, client: Any, nspectra: int, *, progress: bool) -
 
 def _desi_galaxy_redshifts(store: Path, client: Any, *, progress: bool) -> Any:
     """The DESI survey's coadds scanned by ``zfind`` with the shipped DESI galaxy basis; GF of its galaxies."""
-    from dzspec.io.store import open_results, open_spectra
-    from dzspec.kernels.metrics import good_fraction
     from dzspec.kernels.simulate.desi import DESI_GRID_NAME
-    from dzspec.models import MODELS
-    from dzspec.parallel.zfind import run_zfind
 
-    basis, group = MODELS["desi_galaxy"], f"spectra/{DESI_GRID_NAME}"
-    print(f"zfind: the shipped {basis.name!r} basis ({basis.description})")
-    report = run_zfind(store, basis.path, client, basis_name=basis.group, group=group, overwrite=True,
-                       progress=progress)
-    print(report.summary())
-    spectra, results = open_spectra(store, group), open_results(store, report.results)
-    classes = spectra.sim_class.attrs["flag_meanings"].split()
-    galaxy = np.isin(spectra.sim_class.values, [classes.index("galaxy"), classes.index("oii_interloper")])
-    z_pred, z_true, zwarn = results["z"].values, spectra.z_true.values, results["zwarn"].values
-    gf, good, total = good_fraction(z_pred[galaxy], z_true[galaxy])
-    trusted = galaxy & (zwarn == 0)
-    gf_trusted, _, kept = good_fraction(z_pred[trusted], z_true[trusted])
-    print(f"zfind (DESI): good fraction {gf:.3f} ({good}/{total}) of the galaxies and [O II] emitters; zwarn == 0 "
-          f"keeps {kept} of them, {gf_trusted:.3f} right")
+    def galaxies(spectra: Any) -> np.ndarray:
+        classes = spectra.sim_class.attrs["flag_meanings"].split()
+        return np.isin(spectra.sim_class.values, [classes.index("galaxy"), classes.index("oii_interloper")])
+
+    report, *_ = _shipped_zfind(store, f"spectra/{DESI_GRID_NAME}", client, "desi_galaxy", galaxies,
+                                label="zfind (DESI)", what="the galaxies and [O II] emitters", progress=progress)
     return report
 
 
