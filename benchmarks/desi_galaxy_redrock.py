@@ -57,6 +57,7 @@ from dzspec.kernels.simulate.desi import (
     desi_wavelength,
 )
 from dzspec.models.recipes import DESI_INGREDIENTS, DesiGalaxyBasisRecipe
+from dzspec.parallel.confidence import right_redshifts
 
 C_KMS = 299792.458
 RIGHT_KMS = 1000.0  # DESI's "right redshift" (|dv| < 1000 km/s), also Redrock's DELTACHI2 exclusion
@@ -107,8 +108,7 @@ def run_redrock(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, templates:
     best = zfit[zfit["znum"] == 0]
     best.sort("targetid")
     return {"z": np.asarray(best["z"], float), "zwarn": np.asarray(best["zwarn"], np.int64),
-            "deltachi2": np.asarray(best["deltachi2"], float), "spectype": np.asarray(best["spectype"]).astype(str),
-            "seconds": seconds}
+            "spectype": np.asarray(best["spectype"]).astype(str), "seconds": seconds}
 
 
 def run_dzspec(store: Path, group: str, basis: str | None) -> dict[str, np.ndarray]:
@@ -122,14 +122,12 @@ def run_dzspec(store: Path, group: str, basis: str | None) -> dict[str, np.ndarr
     seconds = time.perf_counter() - start
     results = zstore.open_root(store)[f"results/{group.removeprefix('spectra/')}/nmf_zfind"]
     return {"z": np.asarray(results["z"][...], float), "zwarn": np.asarray(results["zwarn"][...], np.int64),
-            "deltachi2": np.asarray(results["deltachi2"][...], float),
             "confidence": np.asarray(results["confidence"][...], float), "seconds": seconds}
 
 
-def right(z: np.ndarray, z_true: np.ndarray, kms: float = RIGHT_KMS) -> np.ndarray:
-    """|z - z_true| < kms/c (1 + z_true)."""
-    with np.errstate(invalid="ignore"):
-        return np.abs(z - z_true) < kms / C_KMS * (1.0 + z_true)
+def right(z: np.ndarray, z_true: np.ndarray) -> np.ndarray:
+    """|z - z_true| < 1000 km/s / c (1 + z_true)."""
+    return right_redshifts(z, z_true, RIGHT_KMS / C_KMS)
 
 
 def scores(fit: dict[str, np.ndarray], z_true: np.ndarray, masks: dict[str, np.ndarray],
@@ -139,7 +137,7 @@ def scores(fit: dict[str, np.ndarray], z_true: np.ndarray, masks: dict[str, np.n
     trusted = fit["zwarn"] == 0
     out: dict[str, object] = {
         "n": int(z_true.size), "gf": round(float(good.mean()), 4),
-        "gf_0.005(1+z)": round(float(right(fit["z"], z_true, 0.005 * C_KMS).mean()), 4),
+        "gf_0.005(1+z)": round(float(right_redshifts(fit["z"], z_true).mean()), 4),
         "zwarn0_kept": round(float(trusted.mean()), 4),
         "zwarn0_right": round(float(good[trusted].mean()), 4) if trusted.any() else None,
         "seconds_per_spectrum": round(seconds_per_spectrum, 4),
