@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 
+from dzspec.kernels.restframe import measured_pixels
 from dzspec.kernels.survey_stats import histogram_quantile
 
 __all__ = [
@@ -46,7 +47,8 @@ _LOWER_SIGMA_QUANTILE = 0.15865525393145707
 
 
 def normalised_residuals(flux: np.ndarray, ivar: np.ndarray, *, window: int = 51) -> np.ndarray:
-    """``(f - running_median(f)) sqrt(ivar)`` per spectrum, NaN where ``ivar == 0`` and within half a window of
+    """``(f - running_median(f)) sqrt(ivar)`` per spectrum, NaN where there is no data
+    (:func:`dzspec.kernels.restframe.measured_pixels`) and within half a window of
     the ends (where the window is one-sided, so their calibration stays 1).
 
     Masked pixels are bridged by linear interpolation before the running median (``window`` pixels, odd), so a
@@ -61,7 +63,7 @@ def normalised_residuals(flux: np.ndarray, ivar: np.ndarray, *, window: int = 51
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
-    good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
+    good = measured_pixels(flux, ivar)
     bridged = np.zeros_like(flux)
     pixels = np.arange(flux.shape[1])
     for row in range(flux.shape[0]):

@@ -7,6 +7,10 @@ frame, so that a trial redshift is an integer pixel shift.
 The transform (B26 Eq. 4): flux per unit log lambda, ``f(log lambda) = ln10 * lambda * f_lambda(lambda)``, variance
 multiplied by ``(ln10 * lambda)^2``, linear interpolation onto the grid, weight 0 (the exact limit of B26's "huge
 variance") outside the data or next to a pixel without data. All grid arithmetic is float64.
+
+A pixel has data where its inverse variance is positive and it is not in a run of exactly-zero flux
+(:func:`measured_pixels`): MUSE products of AO-fed fields write flux 0 with a finite STAT in the Na laser notch
+(5800-5966 A air), which a fit would otherwise take as hundreds of precise measurements of zero flux.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["MOOSE_GRID", "PAPER_GRID", "LogGrid", "linear_weights", "observed_window", "to_log_grid"]
+__all__ = ["MIN_ZERO_RUN", "MOOSE_GRID", "PAPER_GRID", "LogGrid", "linear_weights", "measured_pixels",
+           "observed_window", "to_log_grid"]
 
 _LN10 = math.log(10.0)
+#: Consecutive exactly-zero flux values from which pixels count as not measured (a measured flux, with noise, is
+#: exactly 0.0 at one pixel at most by chance; the AO notch holds about 130 MUSE pixels).
+MIN_ZERO_RUN = 5
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,32 @@ def linear_weights(x: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.
     return left, right, (position - x[left]) / (x[right] - x[left]), inside
 
 
+def measured_pixels(flux: np.ndarray, ivar: np.ndarray, *, min_zero_run: int = MIN_ZERO_RUN) -> np.ndarray:
+    """Which pixels hold a measurement: positive finite ``ivar``, finite flux, and not in a run of at least
+    ``min_zero_run`` consecutive exactly-zero fluxes (a filled gap, such as the AO laser notch of MUSE products,
+    which carries flux 0 and a finite variance).
+
+    Examples
+    --------
+    >>> flux = np.array([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 3.0]])
+    >>> measured_pixels(flux, np.ones((1, 9))).astype(int).tolist()
+    [[1, 0, 0, 0, 0, 0, 1, 1, 1]]
+    """
+    flux = np.atleast_2d(np.asarray(flux))
+    ivar = np.atleast_2d(np.asarray(ivar))
+    with np.errstate(invalid="ignore"):
+        good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    zero = np.zeros((flux.shape[0], flux.shape[1] + 2), dtype=np.int8)
+    zero[:, 1:-1] = flux == 0
+    step = np.diff(zero, axis=1)  # +1 where a run of zeros starts, -1 one past its end; rows begin and end at 0
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)
+    for row, start, end in zip(rows, starts, ends, strict=True):
+        if end - start >= min_zero_run:
+            good[row, start:end] = False
+    return good
+
+
 def to_log_grid(
     wavelength: np.ndarray,
     flux: np.ndarray,
@@ -115,7 +149,8 @@ def to_log_grid(
     wavelength
         Observed vacuum wavelengths (Angstrom), increasing, ``(nwave,)``.
     flux, ivar
-        ``(nspec, nwave)`` (or ``(nwave,)``); ``ivar == 0`` marks missing data.
+        ``(nspec, nwave)`` (or ``(nwave,)``); pixels without data are those :func:`measured_pixels` rejects
+        (``ivar == 0``, and runs of exactly-zero flux).
     grid
         The target grid.
     z
@@ -150,7 +185,7 @@ def to_log_grid(
     target = grid.start + grid.step * np.arange(j0, j0 + n, dtype=np.float64)
     loglam = np.log10(wavelength)
     jacobian = _LN10 * wavelength
-    good = ivar > 0
+    good = measured_pixels(flux, ivar)
     flux_per_log = np.where(good, flux * jacobian, 0.0)
     with np.errstate(divide="ignore"):
         variance = np.where(good, 1.0 / np.where(good, ivar, 1.0) * jacobian**2, 0.0)

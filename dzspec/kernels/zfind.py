@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dzspec.kernels.nmf_scan import PreparedBasis, nuisance_vectors, scan_block
-from dzspec.kernels.restframe import LogGrid, observed_window, to_log_grid
+from dzspec.kernels.restframe import LogGrid, measured_pixels, observed_window, to_log_grid
 from dzspec.results_schema import ZNote, ZWarn
 
 __all__ = ["MIN_DELTACHI2", "ZNote", "ZWarn", "decimate_min", "nmf_zfind"]
@@ -88,7 +88,7 @@ def nmf_zfind(
                         refine=refine, nuisance=nuisance_vectors(n, nuisance_order))
     nspec = f.shape[0]
     zwarn = np.zeros(nspec, np.uint32)
-    good = np.asarray(ivar) > 0
+    good = measured_pixels(flux, ivar)
     nodata = ~good.any(axis=1)
     zwarn[nodata] |= np.uint32(ZWarn.NODATA)
     coverage = good.sum(axis=1) / max(1, good.shape[1])

@@ -4,7 +4,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID, LogGrid, observed_window, to_log_grid
+from dzspec.kernels.restframe import (
+    MIN_ZERO_RUN,
+    MOOSE_GRID,
+    PAPER_GRID,
+    LogGrid,
+    measured_pixels,
+    observed_window,
+    to_log_grid,
+)
 
 WAVE = 4750.0 + 1.25 * np.arange(3681)
 
@@ -63,3 +71,35 @@ def test_vectorised_over_spectra_with_their_own_redshifts():
     both = to_log_grid(WAVE, flux, np.ones_like(flux), LogGrid.spanning(2000.0, 9400.0, 1e-4), z=[0.0, 1.0])
     one = to_log_grid(WAVE, flux[1], np.ones_like(WAVE), LogGrid.spanning(2000.0, 9400.0, 1e-4), z=1.0)
     np.testing.assert_array_equal(both[0][1], one[0][0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(runs=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), max_size=6), seed=st.integers(0, 2**16))
+def test_measured_pixels_rejects_exactly_the_long_zero_runs(runs, seed):
+    rng = np.random.default_rng(seed)
+    flux = rng.normal(size=(2, 80)) + 3.0  # never exactly zero
+    ivar = rng.uniform(0.5, 2.0, size=(2, 80))
+    for start, length in runs:
+        flux[1, start : start + length] = 0.0
+    zero = np.r_[0, (flux[1] == 0).astype(int), 0]
+    starts, ends = np.flatnonzero(np.diff(zero) == 1), np.flatnonzero(np.diff(zero) == -1)
+    expected = np.ones(80, bool)
+    for a, b in zip(starts, ends, strict=True):
+        if b - a >= MIN_ZERO_RUN:
+            expected[a:b] = False
+    good = measured_pixels(flux, ivar)
+    assert good[0].all()
+    np.testing.assert_array_equal(good[1], expected)
+
+
+def test_a_zero_filled_notch_with_finite_variance_is_no_data():
+    """MUSE AO products: flux 0 and a finite STAT in the laser notch; the transform must not see measurements."""
+    flux = 1.0 + 1e-4 * WAVE
+    notch = (WAVE >= 5800.0) & (WAVE <= 5966.25)
+    filled, masked = flux.copy(), flux.copy()
+    filled[notch] = 0.0
+    ivar_masked = np.where(notch, 0.0, 1.0)
+    f1, w1 = to_log_grid(WAVE, filled, np.ones_like(WAVE), PAPER_GRID)
+    f2, w2 = to_log_grid(WAVE, masked, ivar_masked, PAPER_GRID)
+    np.testing.assert_array_equal(w1, w2)
+    np.testing.assert_array_equal(f1, f2)

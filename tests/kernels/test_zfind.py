@@ -68,3 +68,18 @@ def test_nmf_zfind_rejects_bad_decimation(problem, bad):
     prepared, flux, ivar, shifts, _ = problem
     with pytest.raises(ValueError, match="chi2_decimate"):
         nmf_zfind(WAVE, flux, ivar, prepared=prepared, grid=GRID, shifts=shifts, store_chi2=True, chi2_decimate=bad)
+
+
+def test_a_zero_filled_gap_scans_as_no_data(problem):
+    """A stretch of flux exactly 0 with a finite variance (MUSE's AO notch) gives the outputs of the same stretch
+    masked: it is not taken as a precise measurement of zero flux."""
+    prepared, flux, ivar, shifts, _ = problem
+    kw = {"prepared": prepared, "grid": GRID, "shifts": shifts}
+    filled, masked = flux.copy(), ivar.copy()
+    filled[:, 150:260] = 0.0
+    masked[:, 150:260] = 0.0
+    got = nmf_zfind(WAVE, filled, ivar, **kw)
+    expected = nmf_zfind(WAVE, flux, masked, **kw)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert not np.array_equal(nmf_zfind(WAVE, flux, ivar, **kw)["chi2"][0], expected["chi2"][0])
