@@ -76,6 +76,7 @@ def evaluate(store: Path, label: str, out: Path, before: Path | None = None) -> 
     regular = cls <= MUSE_CLASSES.index("lae")
     right = np.abs(z - z_true) < TOLERANCE * (1.0 + z_true)
     negative = regular & ((flags & MuseSimFlags.NEGATIVE_MEDIAN) > 0)
+    ao = regular & ((flags & MuseSimFlags.AO_NOTCH) > 0)
     failures = regular & ~right
     trusted = zwarn == 0
     false = cls == MUSE_CLASSES.index("false_source")
@@ -87,6 +88,11 @@ def evaluate(store: Path, label: str, out: Path, before: Path | None = None) -> 
         "gf_regular": good_fraction(z[regular], z_true[regular])[0],
         "gf_regular_snr13": good_fraction(z[regular & (snr >= 13)], z_true[regular & (snr >= 13)])[0],
         "n_snr13": int((regular & (snr >= 13)).sum()),
+        "gf_regular_snr5": good_fraction(z[regular & (snr >= 5)], z_true[regular & (snr >= 5)])[0],
+        # what the GF would be if every spectrum with snr_lines >= 5 were right and nothing changed below: the
+        # ceiling that the faint tail of the test mix puts on gf_regular
+        "gf_regular_ceiling_snr5": float(np.mean(right[regular] | (snr[regular] >= 5))),
+        "gf_ao_notch": good_fraction(z[ao], z_true[ao])[0],
         "gf_negative_median": good_fraction(z[negative], z_true[negative])[0],
         "n_negative_median": int(negative.sum()),
         "max_failure_window": max_failure_window(z[failures]),

@@ -247,7 +247,8 @@ def _cmd_lae(args: argparse.Namespace) -> int:
               "line_snr_min": args.line_snr_min, "dchi2_min": args.threshold}
     prior, name = (args.prior, args.name) if args.prior else _shipped("prior", args.store, args.group)
     with _client(args) as client:
-        report = run_lae(args.store, prior, client, prior_name=name, params=params, **_runner_kwargs(args))
+        report = run_lae(args.store, prior, client, prior_name=name, params=params,
+                         noise_calibration=args.noise_calibration, **_runner_kwargs(args))
     print(report.summary())
     if report.complete:
         results = zstore.open_results(args.store, report.results)
@@ -592,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag NO_LINE below this S/N of a Gaussian at the Lya wavelength on the native pixels")
     p.add_argument("--threshold", type=float, default=25.0,
                    help="calibrated |dchi2| of an LAE detection (U25: 25): below it zwarn has LOW_SIGNIFICANCE")
+    p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
+                   help="per-wavelength variance inflation at sky-residual pixels, as for zfind (default auto)")
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_lae)

@@ -52,6 +52,7 @@ from dzspec.kernels.madgics_priors import (
     to_lae_grid,
 )
 from dzspec.kernels.restframe import LogGrid
+from dzspec.parallel.noise_calibration import NOISE_PARAMS, calibrated_ivar, noise_params
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, LAEWarn, output_specs
 
@@ -262,8 +263,11 @@ def cached_prior(path: str, name: str, sha256: str) -> LoadedPrior:
 def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
                     prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
                     calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
-                    lowz_max: float, line_snr_min: float, dchi2_min: float) -> dict[str, np.ndarray]:
+                    lowz_max: float, line_snr_min: float, dchi2_min: float, noise_store: str, noise_group: str,
+                    noise_name: str, noise_sha256: str) -> dict[str, np.ndarray]:
     loaded = cached_prior(prior_store, prior_name, prior_sha256)
+    ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
+                           noise_sha256=noise_sha256)
     grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
                       fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion)
@@ -317,20 +321,25 @@ LAE_SCAN = KernelSpec(
     func=_lae_scan_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="5",
+    version="6",
     defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
-              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0, "dchi2_min": 25.0},
+              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0, "dchi2_min": 25.0,
+              **NOISE_PARAMS},
 )
 
 
 def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client: Client, *, prior_name: str = "lae",
-            params: Mapping[str, Any] | None = None, **runner: Any) -> RunReport:
+            params: Mapping[str, Any] | None = None, noise_calibration: str = "auto", **runner: Any) -> RunReport:
     """Scan every spectrum of a store's spectra group for a Lya emitter, into ``results/<grid>/madgics_lae``.
 
     ``params`` override :data:`LAE_SCAN`'s defaults (``z_min``, ``n_shifts``, ``fine_half_width``, ``calibration``
     (U25's s), ``exclusion``, and the interloper cuts ``ew_min``, ``continuum_snr``, ``lowz_max``, ``line_snr_min`` of
     :mod:`dzspec.kernels.lae_interlopers`, and ``dchi2_min``, the detection threshold of calibrated abs(dchi2) below
-    which ``zwarn`` has LOW_SIGNIFICANCE); ``runner`` goes to :func:`dzspec.parallel.runner.run_kernel`.
+    which ``zwarn`` has LOW_SIGNIFICANCE); ``noise_calibration`` inflates the variance at sky-residual pixels as
+    in ``dzspec zfind`` (``"auto"``: the group's own, measured first when missing and the group has enough spectra,
+    else the prior store's instrument default for the grid if it holds one, else none; ``"off"``; or a stored
+    calibration's name: :func:`~dzspec.parallel.noise_calibration.resolve_noise_calibration`); ``runner`` goes to
+    :func:`dzspec.parallel.runner.run_kernel`.
     ``zwarn == 0`` is the trust cut: a detected LAE (:func:`~dzspec.kernels.lae_interlopers.select_lae` at
     ``dchi2_min``) with no interloper flag and a well-measured redshift.
     """
@@ -339,6 +348,8 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
     calibration = float(dict(params or {}).get("calibration", 1.0))
     if not calibration > 0:
         raise ValueError(f"calibration must be positive, not {calibration}")
-    full = {**dict(params or {}), "prior_store": prior_store, "prior_name": prior_name,
-            "prior_sha256": loaded.attrs["prior_sha256"], "n_lae": loaded.prior.lae_vectors.shape[1]}
+    spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
+    full = {**dict(params or {}), **noise_params(store, spectra, noise_calibration, fallback=prior_store),
+            "prior_store": prior_store, "prior_name": prior_name, "prior_sha256": loaded.attrs["prior_sha256"],
+            "n_lae": loaded.prior.lae_vectors.shape[1]}
     return run_kernel(store, LAE_SCAN, client, params=full, **runner)

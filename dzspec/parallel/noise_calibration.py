@@ -3,12 +3,15 @@
 Each chunk of spectra becomes a per-pixel histogram of normalised residuals
 (:func:`dzspec.kernels.noise_calibration.residual_histogram`); Dask sums them in a tree on the active scheduler, so
 only one ``(nwave, nbins)`` table reaches this process whatever the store's size. The calibration is written to
-``calibration/<grid>/<name>`` (:mod:`dzspec.io.noise`) and used by ``dzspec zfind``.
+``calibration/<grid>/<name>`` (:mod:`dzspec.io.noise`) and used by ``dzspec zfind`` and ``dzspec lae``: the driver
+names it in the run's parameters (:func:`noise_params`, so its checksum enters the results' provenance) and each
+worker divides the inverse variance of its blocks by its square (:func:`calibrated_ivar`, loaded once per worker).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from os import PathLike
 
 import dask.array as da
@@ -23,12 +26,15 @@ from dzspec.kernels.noise_calibration import (
     residual_histogram,
 )
 
-__all__ = ["MIN_SURVEY_SPECTRA", "calibrate_noise", "residual_histogram_total", "resolve_noise_calibration"]
+__all__ = ["MIN_SURVEY_SPECTRA", "NOISE_PARAMS", "calibrate_noise", "calibrated_ivar", "noise_params",
+           "residual_histogram_total", "resolve_noise_calibration"]
 
 log = logging.getLogger(__name__)
 
 #: Spectra a group needs before ``zfind`` measures its calibration by itself (METHODS §5.7: a few hundred).
 MIN_SURVEY_SPECTRA = 300
+#: The kernel parameters naming a calibration (all "" for none): its store, spectra group, name and checksum.
+NOISE_PARAMS: dict[str, str] = {"noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": ""}
 
 
 def residual_histogram_total(flux: da.Array | np.ndarray, ivar: da.Array | np.ndarray, *,
@@ -105,3 +111,32 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
                 "instrument default for this grid; scanning with the pipeline variances", store, spectra, nspectrum,
                 MIN_SURVEY_SPECTRA)
     return None
+
+
+def noise_params(store: str | PathLike[str], spectra: str, choice: str,
+                 fallback: str | PathLike[str] | None = None) -> dict[str, str]:
+    """The :data:`NOISE_PARAMS` of the calibration :func:`resolve_noise_calibration` picks (empty for none), for a
+    scan's parameters."""
+    calibration = resolve_noise_calibration(store, spectra, choice, fallback=fallback)
+    if calibration is None:
+        return {}
+    return {"noise_store": calibration.path, "noise_group": spectra, "noise_name": str(calibration.attrs["name"]),
+            "noise_sha256": calibration.sha256}
+
+
+@lru_cache(maxsize=2)
+def _noise_scale(path: str, spectra: str, name: str, sha256: str) -> np.ndarray:
+    calibration = load_noise_calibration(path, spectra, name)
+    if calibration.sha256 != sha256:
+        raise ValueError(f"{path}: noise calibration {name} of {spectra} changed since the run started")
+    return calibration.scale
+
+
+def calibrated_ivar(ivar: np.ndarray, *, noise_store: str, noise_group: str, noise_name: str,
+                    noise_sha256: str) -> np.ndarray:
+    """``ivar / scale**2`` with the calibration that :func:`noise_params` named (``ivar`` itself when none): the
+    sky-subtraction residuals that the pipeline variance leaves out (METHODS §5.7). The scale is read once per
+    worker process and checked against ``noise_sha256``."""
+    if not noise_sha256:
+        return ivar
+    return ivar / _noise_scale(noise_store, noise_group, noise_name, noise_sha256) ** 2

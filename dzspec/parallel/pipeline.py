@@ -64,7 +64,8 @@ STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
                  "continua": (str, False)},
     "zfind": {"basis": (str, False), "basis_name": (str, False), "params": (dict, False),
               "noise_calibration": (str, False)},
-    "lae": {"prior": (str, False), "prior_name": (str, False), "params": (dict, False)},
+    "lae": {"prior": (str, False), "prior_name": (str, False), "params": (dict, False),
+            "noise_calibration": (str, False)},
     "stats": {"results": (str, True), "by": (list, False), "split": (str, False), "score": (str, False),
               "log10": (bool, False), "marked": ((int, float), False), "positive": (str, False),
               "form": (str, False), "name": (str, False), "figures": (str, False)},
@@ -241,7 +242,7 @@ def _lae(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, A
 
     prior, name = _model(config, step, "prior", runner)
     return run_lae(config.store, prior, client, prior_name=name, params=step.options.get("params"),
-                   **runner).summary()
+                   noise_calibration=step.options.get("noise_calibration", "auto"), **runner).summary()
 
 
 def _model(config: PipelineConfig, step: Step, kind: str, runner: Mapping[str, Any]) -> tuple[str, str]:

@@ -19,14 +19,13 @@ from distributed import Client
 
 from dzspec.io import store as zstore
 from dzspec.io.bases import Basis, load_basis
-from dzspec.io.noise import load_noise_calibration
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.confidence import FEATURE_INPUTS, ConfidenceModel, scan_features
 from dzspec.kernels.nmf_scan import PreparedBasis, prepare_basis
 from dzspec.kernels.restframe import observed_window
 from dzspec.kernels.zfind import MIN_DELTACHI2, ZWarn, nmf_zfind
 from dzspec.kernels.zspikes import find_spikes, spike_members, trial_index
-from dzspec.parallel.noise_calibration import resolve_noise_calibration
+from dzspec.parallel.noise_calibration import NOISE_PARAMS, calibrated_ivar, noise_params
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, ZNote, output_specs
 
@@ -44,14 +43,6 @@ def _basis(path: str, name: str, sha256: str) -> Basis:
 
 
 @lru_cache(maxsize=2)
-def _noise_scale(path: str, spectra: str, name: str, sha256: str) -> np.ndarray:
-    calibration = load_noise_calibration(path, spectra, name)
-    if calibration.sha256 != sha256:
-        raise ValueError(f"{path}: noise calibration {name} of {spectra} changed since the run started")
-    return calibration.scale
-
-
-@lru_cache(maxsize=2)
 def _prepared(path: str, name: str, sha256: str, n_obs: int, support_floor: float) -> PreparedBasis:
     return prepare_basis(_basis(path, name, sha256).basis, n_obs, support_floor=support_floor)
 
@@ -62,8 +53,8 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
                  chi2_decimate: int, nuisance_order: int, noise_store: str, noise_group: str, noise_name: str,
                  noise_sha256: str, confidence_sha256: str) -> dict[str, np.ndarray]:
     basis = _basis(basis_store, basis_name, basis_sha256)
-    if noise_sha256:  # sky-subtraction residuals the pipeline variance leaves out (METHODS §5.7)
-        ivar = ivar / _noise_scale(noise_store, noise_group, noise_name, noise_sha256) ** 2
+    ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
+                           noise_sha256=noise_sha256)
     _, n_obs = observed_window(wavelength, basis.grid)
     prepared = _prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
     z_trials = _z_trials(z_min, z_max, dz)
@@ -114,7 +105,7 @@ ZFIND = KernelSpec(
     version="3",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
               "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 0,
-              "noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": "", "confidence_sha256": ""},
+              **NOISE_PARAMS, "confidence_sha256": ""},
 )
 
 
@@ -147,10 +138,7 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
             params[key] = float(value)
     params = {key: value for key, value in params.items() if value is not None}
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
-    calibration = resolve_noise_calibration(store, spectra, noise_calibration, fallback=basis_store)
-    if calibration is not None:
-        params.update({"noise_store": calibration.path, "noise_group": spectra,
-                       "noise_name": str(calibration.attrs["name"]), "noise_sha256": calibration.sha256})
+    params.update(noise_params(store, spectra, noise_calibration, fallback=basis_store))
     model = basis.attrs.get("confidence")
     if model is not None:
         ConfidenceModel.from_attrs(model)  # refuse one made for other features before any work starts

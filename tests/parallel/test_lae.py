@@ -8,6 +8,7 @@ import pytest
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
+from dzspec.io.noise import load_noise_calibration
 from dzspec.io.priors import load_lae_prior
 from dzspec.kernels.lae_interlopers import INTERLOPER_BITS, interloper_tests, select_lae
 from dzspec.kernels.madgics import lae_line_flux, scan_lae, sky_component
@@ -93,18 +94,23 @@ def test_lae_scan_through_the_runner(desi, client):
     results = zstore.open_results(store, report.results).compute()
     spectra = zstore.open_spectra(store, GROUP)
     assert results.sizes["spectrum"] == spectra.sizes["spectrum"]  # every input row has an output row
-    # equal to the kernel on the same rows
+    # 480 spectra: the store's own noise calibration was measured first and named in the run's parameters
+    calibration = load_noise_calibration(store, f"spectra/{GROUP}")
+    params = zstore.open_root(store)[report.results].attrs["params"]
+    assert params["noise_sha256"] == calibration.sha256 and (calibration.scale > 1).any()
+    # equal to the kernel on the same rows, with the calibrated variance
     rows = np.arange(40, 60)
     source = zstore.open_root(store)[f"spectra/{GROUP}"]
-    flux, ivar = to_lae_grid(source["wavelength"][:], source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
-                             GRID, y=loaded.rescale_y)
+    native_ivar = source["ivar"].oindex[rows, :] / calibration.scale**2
+    flux, ivar = to_lae_grid(source["wavelength"][:], source["flux"].oindex[rows, :], native_ivar, GRID,
+                             y=loaded.rescale_y)
     direct = scan_lae(flux, ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(2.0, N_SHIFTS))
     np.testing.assert_array_equal(results.z.values[rows], direct.z)
     np.testing.assert_array_equal(results.lae_dchi2.values[rows], direct.dchi2)
     line_flux = lae_line_flux(loaded.prior, direct.z, direct.lae_amplitude, np.sqrt(10.0**loaded.rescale_y),
                               GRID.wavelength() * np.log(10) * GRID.step)
     tests = interloper_tests(source["wavelength"][:], source["flux"].oindex[rows, :].astype(float),
-                             source["ivar"].oindex[rows, :].astype(float), direct.z, line_flux)
+                             native_ivar.astype(float), direct.z, line_flux)
     np.testing.assert_allclose(results.lae_line_flux.values[rows], line_flux, rtol=1e-6)
     np.testing.assert_allclose(results.lae_ew_rest.values[rows], tests.ew_rest, rtol=1e-6)
     np.testing.assert_allclose(results.lowz_score.values[rows], tests.lowz_score, rtol=1e-6)
