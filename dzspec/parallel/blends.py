@@ -99,7 +99,7 @@ BLENDS = KernelSpec(
     func=_blend_block,
     inputs=("flux", "ivar", "targetid"),
     outputs=_outputs,
-    version="3",
+    version="4",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "support_floor": 0.0, "z_column": "z_refined",
               "t_blend": 0.011, "tolerance": 0.01, "exclusion_steps": 20, "n_minima": 20, "continuum_degree": 6,
               "sigma_grid_kms": [0.0, 30.0, 60.0, 100.0, 150.0, 220.0, 320.0],

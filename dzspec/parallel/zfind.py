@@ -102,7 +102,7 @@ ZFIND = KernelSpec(
     func=_zfind_block,
     inputs=("flux", "ivar"),
     outputs=_outputs,
-    version="3",
+    version="4",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
               "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 0,
               **NOISE_PARAMS, "confidence_sha256": ""},
