@@ -10,6 +10,7 @@ import pytest
 from dzspec.cli import main
 from dzspec.io import store as zstore
 from dzspec.io.bases import load_basis
+from dzspec.io.noise import load_noise_calibration
 from dzspec.io.priors import load_lae_prior
 from dzspec.models import MODELS, default_basis_path, default_model_for_grid, default_prior_path, shipped_model
 from dzspec.models.recipes import RECIPES
@@ -63,6 +64,9 @@ def test_zfind_and_lae_run_on_a_new_store_with_the_shipped_models(tmp_path, caps
     root = zstore.open_root(muse)
     results = root["results/muse-air2vac-4750-1.25-3681/nmf_zfind"]
     assert results.attrs["params"]["basis_sha256"] == MODELS["muse"].checksum
+    # 8 spectra are too few to measure a noise calibration: the shipped instrument default is used, and named
+    muse_default = load_noise_calibration(MODELS["muse"].path, "spectra/muse-air2vac-4750-1.25-3681")
+    assert results.attrs["params"]["noise_sha256"] == muse_default.sha256
     assert np.isfinite(results["z"][:]).all() and results["z"].shape == (8,)
 
     assert main(["simulate", "--survey", "desi", "-n", "6", "--store", str(desi), "--seed", "3", *cluster]) == 0
@@ -76,4 +80,6 @@ def test_zfind_and_lae_run_on_a_new_store_with_the_shipped_models(tmp_path, caps
     assert "the shipped 'desi_lae' prior" in capsys.readouterr().out
     lae = zstore.open_root(desi)["results/desi-brz-3600-9824-0.8/madgics_lae"]
     assert lae.attrs["params"]["prior_sha256"] == MODELS["desi_lae"].checksum
+    desi_default = load_noise_calibration(MODELS["desi_lae"].path, "spectra/desi-brz-3600-9824-0.8")
+    assert lae.attrs["params"]["noise_sha256"] == desi_default.sha256
     assert lae["z"].shape == (6,)

@@ -96,7 +96,8 @@ class DesiGalaxyBasisRecipe:
 @dataclass(frozen=True)
 class DesiLaePriorRecipe:
     """The shipped DESI MADGICS priors: U25's 50 sky-residual and 2 LAE eigenvectors from a simulated DESI survey
-    (DESI model sky, BC03 continua): its sky fibres and its LAEs."""
+    (DESI model sky, BC03 continua): its sky fibres and its LAEs; with the survey's noise calibration as the
+    instrument default of ``lae`` for stores too small to measure their own."""
 
     n_spectra: int = 6000
     seed: int = 2001
@@ -108,7 +109,8 @@ class DesiLaePriorRecipe:
     survey = "desi"
     store = "desi_lae.zarr"
     group = "lae"
-    description = "DESI MADGICS priors (50 sky + 2 LAE eigenvectors, U25 grid) from 6 000 simulated DESI spectra"
+    description = ("DESI MADGICS priors (50 sky + 2 LAE eigenvectors, U25 grid) from 6 000 simulated DESI spectra; "
+                   "with their noise default")
 
 
 def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
@@ -120,6 +122,17 @@ def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
     return paths
 
 
+def _ship_noise_default(survey_store: Path, group: str | None, out: Path) -> None:
+    """Measure the noise calibration of a simulated survey and copy it into a model store ``out``: the instrument
+    default that ``zfind``/``lae`` use for stores too small to measure their own."""
+    from dzspec.io.noise import calibration_path
+    from dzspec.parallel.noise_calibration import calibrate_noise
+
+    relative = calibration_path(calibrate_noise(survey_store, group=group, overwrite=True).attrs["spectra_group"])
+    shutil.rmtree(out / relative, ignore_errors=True)
+    shutil.copytree(survey_store / relative, out / relative)
+
+
 def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path, work: Path, client: Any, *,
                 config: Any = None, calibration_config: Any = None, group: str | None = None,
                 attrs: dict[str, Any] | None = None) -> str:
@@ -128,9 +141,7 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
     too small to measure their own), then scan a second simulated survey with it (``calibration_config``, by
     default the training's) and fit its LOW_CONFIDENCE model on that scan."""
     from dzspec.io.bases import load_basis
-    from dzspec.io.noise import calibration_path
     from dzspec.parallel.confidence import calibrate_confidence
-    from dzspec.parallel.noise_calibration import calibrate_noise
     from dzspec.parallel.train import train_and_save
     from dzspec.parallel.zfind import run_zfind
     from dzspec.simulate import simulate
@@ -140,10 +151,7 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
              ingredient_paths=ingredients, continua="sps", progress=False)
     train_and_save(train_store, out, recipe.group, client, recipe.rank, group=group, tol=recipe.tol,
                    max_iter=recipe.max_iter, seed=recipe.nmf_seed, overwrite=True, attrs=attrs)
-    noise = calibrate_noise(train_store, group=group, overwrite=True)
-    target = out / calibration_path(noise.attrs["spectra_group"])
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(train_store / calibration_path(noise.attrs["spectra_group"]), target)
+    _ship_noise_default(train_store, group, out)
     # chunks of 512 spectra, so that the scan spreads over every worker (the spectra do not depend on it)
     simulate(calibration_store, survey, recipe.n_calibration, client, seed=recipe.calibration_seed,
              config=config if calibration_config is None else calibration_config,
@@ -171,7 +179,8 @@ def make_desi_galaxy_basis(recipe: DesiGalaxyBasisRecipe, data: Path, work: Path
 
 
 def make_desi_lae_prior(recipe: DesiLaePriorRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
-    """Run :class:`DesiLaePriorRecipe`: simulate a DESI survey, build the priors from its sky fibres and LAEs."""
+    """Run :class:`DesiLaePriorRecipe`: simulate a DESI survey, build the priors from its sky fibres and LAEs, and
+    keep the survey's noise calibration beside them (``lae``'s default for stores too small to measure their own)."""
     from dzspec.io.priors import load_lae_prior
     from dzspec.kernels.simulate.desi import DESI_GRID_NAME
     from dzspec.parallel.lae import build_lae_prior, prior_rows
@@ -184,6 +193,7 @@ def make_desi_lae_prior(recipe: DesiLaePriorRecipe, data: Path, work: Path, out:
     lae = prior_rows(store, group, ["lae", "lae_double_peak"], z_name="z_true")
     build_lae_prior(client, (store, group, sky), (store, group, lae), out=out, name=recipe.group,
                     n_sky=recipe.n_sky, n_lae=recipe.n_lae, overwrite=True)
+    _ship_noise_default(store, group, out)
     return str(load_lae_prior(out, recipe.group).attrs["prior_sha256"])
 
 
