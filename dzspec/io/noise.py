@@ -2,13 +2,15 @@
 
 A calibration lives in ``calibration/<grid>/<name>`` of a store: ``scale`` (wavelength, float64, the factor
 ``c >= 1`` by which the scans multiply sigma: they use ``ivar / c**2``), ``n_residuals`` (wavelength, int64, how
-many spectra had data at each pixel) and attributes: the spectra group, its ``input_id`` when measured, the number of
-spectra, the method and its settings, ``scale_sha256`` (checked on load and hashed into every result that used it)
-and the dzspec version. See :mod:`dzspec.kernels.noise_calibration` for the measurement.
+many spectra had data at each pixel), ``wavelength`` (the group's vacuum wavelengths, so that an instrument default
+can be resampled to another grid of the same instrument) and attributes: the spectra group, its ``input_id`` when
+measured, the number of spectra, the method and its settings, ``scale_sha256`` (checked on load and hashed into
+every result that used it) and the dzspec version. See :mod:`dzspec.kernels.noise_calibration` for the measurement.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -21,7 +23,8 @@ from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.bases import array_sha256
 
-__all__ = ["NoiseCalibration", "calibration_path", "load_noise_calibration", "save_noise_calibration"]
+__all__ = ["NoiseCalibration", "calibration_path", "copy_noise_calibration", "load_noise_calibration",
+           "save_noise_calibration"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class NoiseCalibration:
     n_residuals: np.ndarray
     attrs: dict[str, Any]
     path: str = ""
+    #: vacuum wavelengths of the pixels (Angstrom); None for a calibration written before dzspec stored them
+    wavelength: np.ndarray | None = None
 
     @property
     def sha256(self) -> str:
@@ -65,7 +70,9 @@ def save_noise_calibration(path: str | PathLike[str], spectra_group: str, scale:
     if group_path in root and not overwrite:
         raise StoreError(f"{path}/{group_path} exists; pass overwrite=True to replace it")
     group = root.create_group(group_path, overwrite=True)
-    for array_name, values in (("scale", scale), ("n_residuals", np.asarray(n_residuals, dtype=np.int64))):
+    wavelength = np.asarray(root[spectra_group]["wavelength"][...], dtype=np.float64)
+    for array_name, values in (("scale", scale), ("n_residuals", np.asarray(n_residuals, dtype=np.int64)),
+                               ("wavelength", wavelength)):
         array = group.create_array(array_name, shape=values.shape, chunks=values.shape, dtype=values.dtype,
                                    dimension_names=("wavelength",), fill_value=0)
         array[...] = values
@@ -87,4 +94,17 @@ def load_noise_calibration(path: str | PathLike[str], spectra_group: str, name: 
     scale = np.asarray(group["scale"][...], dtype=np.float64)
     if array_sha256(scale) != attrs["scale_sha256"]:
         raise StoreError(f"{path}/{group_path}: scale bytes do not match scale_sha256 (modified or corrupt)")
-    return NoiseCalibration(scale, np.asarray(group["n_residuals"][...]), attrs, str(Path(path).resolve()))
+    wavelength = np.asarray(group["wavelength"][...], dtype=np.float64) if "wavelength" in group else None
+    return NoiseCalibration(scale, np.asarray(group["n_residuals"][...]), attrs, str(Path(path).resolve()),
+                            wavelength)
+
+
+def copy_noise_calibration(source: str | PathLike[str], spectra_group: str, target: str | PathLike[str],
+                           name: str = "noise") -> str:
+    """Copy ``calibration/<grid>/<name>`` of a (local) store into another, e.g. a survey's calibration into a model
+    store as its instrument default; the parent groups are created, so the copy can be listed as well as read."""
+    relative = calibration_path(spectra_group, name)
+    zstore.open_root(target, mode="a").require_group(relative.rsplit("/", 1)[0])
+    shutil.rmtree(Path(target) / relative, ignore_errors=True)
+    shutil.copytree(Path(source) / relative, Path(target) / relative)
+    return relative

@@ -35,6 +35,7 @@ __all__ = [
     "MIN_SPECTRA",
     "calibration_from_histogram",
     "normalised_residuals",
+    "resample_calibration",
     "residual_histogram",
 ]
 
@@ -106,3 +107,16 @@ def calibration_from_histogram(counts: np.ndarray, *, smooth_pixels: int = 3,
     if smooth_pixels > 1:
         scale = scipy.ndimage.median_filter(scale, size=int(smooth_pixels), mode="nearest")
     return np.maximum(scale, 1.0)
+
+
+def resample_calibration(wavelength: np.ndarray, scale: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A calibration measured on pixels ``wavelength`` carried to pixels ``target`` of another grid of the same
+    instrument: linear in wavelength, 1 beyond the measured range, never below 1.
+
+    Examples
+    --------
+    >>> resample_calibration(np.array([5000.0, 5001.0, 5002.0]), np.array([1.0, 3.0, 1.0]),
+    ...                      np.array([5000.5, 5001.0, 5004.0])).tolist()
+    [2.0, 3.0, 1.0]
+    """
+    return np.maximum(np.interp(target, wavelength, scale, left=1.0, right=1.0), 1.0)

@@ -125,12 +125,11 @@ def _paths(data: Path, ingredients: dict[str, str]) -> dict[str, str]:
 def _ship_noise_default(survey_store: Path, group: str | None, out: Path) -> None:
     """Measure the noise calibration of a simulated survey and copy it into a model store ``out``: the instrument
     default that ``zfind``/``lae`` use for stores too small to measure their own."""
-    from dzspec.io.noise import calibration_path
+    from dzspec.io.noise import copy_noise_calibration
     from dzspec.parallel.noise_calibration import calibrate_noise
 
-    relative = calibration_path(calibrate_noise(survey_store, group=group, overwrite=True).attrs["spectra_group"])
-    shutil.rmtree(out / relative, ignore_errors=True)
-    shutil.copytree(survey_store / relative, out / relative)
+    measured = calibrate_noise(survey_store, group=group, overwrite=True)
+    copy_noise_calibration(survey_store, measured.attrs["spectra_group"], out)
 
 
 def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path, work: Path, client: Any, *,

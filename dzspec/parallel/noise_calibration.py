@@ -23,6 +23,7 @@ from dzspec.kernels.noise_calibration import (
     HISTOGRAM_EDGES,
     MIN_SPECTRA,
     calibration_from_histogram,
+    resample_calibration,
     residual_histogram,
 )
 
@@ -90,7 +91,8 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
     """The calibration a scan of ``spectra`` uses for ``choice``: ``"off"`` (none), a stored calibration's name, or
     ``"auto"``: the stored ``noise`` calibration if it was measured on the group as it is now, else a new one when
     the group has at least :data:`MIN_SURVEY_SPECTRA` spectra, else the instrument default that the ``fallback``
-    store (the basis's, e.g. a shipped model) holds for the same grid, else none."""
+    store (the basis's, e.g. a shipped model) holds for the same grid, else its default for another grid of the same
+    instrument resampled to this one (and stored in the group's store), else none."""
     if choice == "off":
         return None
     root = zstore.open_root(store)
@@ -107,10 +109,51 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
         log.info("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); using the instrument "
                  "default of %s", store, spectra, nspectrum, MIN_SURVEY_SPECTRA, fallback)
         return load_noise_calibration(fallback, spectra)
+    default = _instrument_default(fallback, spectra, root[spectra]["wavelength"][...]) if fallback else None
+    if default is not None:
+        # another grid of the same instrument (a real cube starting at 4749.89 A, an MXDF spectrum from 4700 A): the
+        # default carried to this grid, written beside the spectra so that workers read it like a measured one
+        target = np.asarray(root[spectra]["wavelength"][...], dtype=np.float64)
+        scale = resample_calibration(default.wavelength, default.scale, target)
+        counts = np.interp(target, default.wavelength, default.n_residuals, left=0, right=0).astype(np.int64)
+        save_noise_calibration(store, spectra, scale, counts, overwrite=True, attrs={
+            "method": "instrument default resampled to this grid (linear in wavelength, 1 beyond its range)",
+            "resampled_from": {"store": default.path, "spectra_group": default.attrs["spectra_group"],
+                               "scale_sha256": default.sha256},
+            "n_spectra": int(default.attrs.get("n_spectra", 0)), "pixels_inflated": int(np.sum(scale > 1.0))})
+        log.info("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); using the instrument "
+                 "default of %s for %s, resampled to this grid", store, spectra, nspectrum, MIN_SURVEY_SPECTRA,
+                 fallback, default.attrs["spectra_group"])
+        return load_noise_calibration(store, spectra)
     log.warning("%s/%s: %d spectra are too few to measure a noise calibration (%d needed) and there is no "
                 "instrument default for this grid; scanning with the pipeline variances", store, spectra, nspectrum,
                 MIN_SURVEY_SPECTRA)
     return None
+
+
+#: Grid names that do not name an instrument (``dzspec.schema.default_grid_name``): no default is carried to them.
+_GENERIC_GRIDS = ("lin", "grid")
+
+
+def _instrument_default(fallback: str | PathLike[str], spectra: str, wavelength: np.ndarray) -> NoiseCalibration | None:
+    """The calibration in ``fallback`` of another grid of the same instrument as ``spectra`` (the grid name's first
+    word: ``muse``, ``desi`` ...; the same pixel step to 1 %) that covers most of ``wavelength``, if any."""
+    instrument = spectra.removeprefix("spectra/").split("-")[0]
+    root = zstore.open_root(fallback)
+    if instrument in _GENERIC_GRIDS or "calibration" not in root:
+        return None
+    step = float(np.median(np.diff(wavelength)))
+    best, best_overlap = None, 0.5  # at least half the pixels inside the default's range
+    for grid in sorted(root["calibration"].group_keys()):
+        if grid.split("-")[0] != instrument or "noise" not in root["calibration"][grid]:
+            continue
+        candidate = load_noise_calibration(fallback, f"spectra/{grid}")
+        if candidate.wavelength is None or abs(np.median(np.diff(candidate.wavelength)) / step - 1.0) > 0.01:
+            continue
+        overlap = float(np.mean((wavelength >= candidate.wavelength[0]) & (wavelength <= candidate.wavelength[-1])))
+        if overlap >= best_overlap:
+            best, best_overlap = candidate, overlap
+    return best
 
 
 def noise_params(store: str | PathLike[str], spectra: str, choice: str,
