@@ -25,7 +25,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from dzspec.kernels.madgics import LAE_GRID_DELTA, LAE_GRID_START, madgics_rescale_y
-from dzspec.kernels.restframe import LogGrid, linear_weights
+from dzspec.kernels.restframe import LogGrid, linear_weights, measured_pixels
 
 VarianceModel = Literal["conserve", "propagate"]
 
@@ -53,7 +53,8 @@ LAE_WINDOW = (4133.0, 4278.0)
 def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid: LogGrid = LAE_GRID, *,
                 y: np.ndarray | None = None, variance_model: VarianceModel = "conserve"
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(flux, ivar)`` on ``grid`` (float64, ``(nspec, grid.size)``), ivar 0 where either neighbour lacks data.
+    """``(flux, ivar)`` on ``grid`` (float64, ``(nspec, grid.size)``), ivar 0 where either neighbour lacks data
+    (:func:`~dzspec.kernels.restframe.measured_pixels`).
 
     ``variance_model``: ``"propagate"`` is METHODS §2.1's ``Σ w_k² var_k``, the variance of each interpolated value
     alone. Where log pixels are narrower than the native ones (below ~6 600 Å on DESI: 0.41 Å at 3600 Å against
@@ -84,7 +85,7 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
     left, right, t, inside = linear_weights(np.log10(wavelength), grid.loglam())
-    good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    good = measured_pixels(flux, ivar)  # the one rule: ivar > 0, finite, not a run of exact zeros
     usable = inside & good[:, left] & good[:, right]
     with np.errstate(divide="ignore"):
         variance = np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0)
