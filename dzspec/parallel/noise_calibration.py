@@ -109,11 +109,11 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
         log.info("%s/%s: %d spectra are too few to measure a noise calibration (%d needed); using the instrument "
                  "default of %s", store, spectra, nspectrum, MIN_SURVEY_SPECTRA, fallback)
         return load_noise_calibration(fallback, spectra)
-    default = _instrument_default(fallback, spectra, root[spectra]["wavelength"][...]) if fallback else None
+    target = np.asarray(root[spectra]["wavelength"][...], dtype=np.float64)
+    default = _instrument_default(fallback, spectra, target) if fallback else None
     if default is not None:
         # another grid of the same instrument (a real cube starting at 4749.89 A, an MXDF spectrum from 4700 A): the
         # default carried to this grid, written beside the spectra so that workers read it like a measured one
-        target = np.asarray(root[spectra]["wavelength"][...], dtype=np.float64)
         scale = resample_calibration(default.wavelength, default.scale, target)
         counts = np.interp(target, default.wavelength, default.n_residuals, left=0, right=0).astype(np.int64)
         save_noise_calibration(store, spectra, scale, counts, overwrite=True, attrs={
