@@ -16,7 +16,7 @@ from dzspec.kernels.nmf_scan import PreparedBasis, nuisance_vectors, scan_block
 from dzspec.kernels.restframe import LogGrid, measured_pixels, observed_window, to_log_grid
 from dzspec.results_schema import ZNote, ZWarn
 
-__all__ = ["MIN_DELTACHI2", "ZNote", "ZWarn", "decimate_min", "nmf_zfind"]
+__all__ = ["MIN_DELTACHI2", "ZNote", "ZWarn", "decimate_min", "nmf_zfind", "sky_nuisance_vector"]
 
 #: Redrock's SMALL_DELTA_CHI2 threshold (``redrock.constants.min_deltachi2``).
 MIN_DELTACHI2 = 9.0
@@ -38,6 +38,7 @@ def nmf_zfind(
     store_chi2: bool = False,
     chi2_decimate: int = 1,
     nuisance_order: int = 0,
+    sky_continuum: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Redshifts of a block of spectra with an NMF basis.
 
@@ -66,6 +67,10 @@ def nmf_zfind(
     nuisance_order
         Free-sign Legendre terms ``P_0 .. P_order`` over the observed window fitted beside the basis at every trial
         (METHODS §5.7: a sky pedestal, flat-field tilts); -1 scans the basis alone (B26).
+    sky_continuum
+        The night-sky continuum on ``wavelength`` (any scale; e.g. a model's ``bases/<name>/sky_continuum``): one
+        more free-sign nuisance term, last in ``nuisance_coeff``, which absorbs a sky over- or under-subtraction
+        of any depth (:func:`sky_nuisance_vector`). Needs ``nuisance_order >= 0``.
 
     Returns
     -------
@@ -83,9 +88,14 @@ def nmf_zfind(
         raise ValueError(f"chi2_decimate must be a positive integer, not {chi2_decimate!r}")
     j0, n = observed_window(wavelength, grid)
     f, w = to_log_grid(wavelength, flux, ivar, grid, window=(j0, n))
+    nuisance = nuisance_vectors(n, nuisance_order)
+    if sky_continuum is not None:
+        if nuisance is None:
+            raise ValueError("a sky_continuum nuisance term needs nuisance_order >= 0")
+        nuisance = np.vstack([nuisance, sky_nuisance_vector(wavelength, sky_continuum, grid, (j0, n))])
     result = scan_block(prepared, f, w, shifts, grid.step, j0, weighting=weighting,  # type: ignore[arg-type]
                         exclusion_steps=exclusion_steps, n_minima=n_candidates, return_chi2=store_chi2,
-                        refine=refine, nuisance=nuisance_vectors(n, nuisance_order))
+                        refine=refine, nuisance=nuisance)
     nspec = f.shape[0]
     zwarn = np.zeros(nspec, np.uint32)
     good = measured_pixels(flux, ivar)
@@ -126,6 +136,33 @@ def nmf_zfind(
     if store_chi2:
         out["zchi2"] = decimate_min(result.chi2, int(chi2_decimate)).astype(np.float32)  # type: ignore[arg-type]
     return out
+
+
+def sky_nuisance_vector(wavelength: np.ndarray, sky_continuum: np.ndarray, grid: LogGrid,
+                        window: tuple[int, int]) -> np.ndarray:
+    """The sky continuum as a nuisance vector of the scan: on the basis grid's observed ``window`` (``(j0, n)``),
+    in the unit the spectra take there (:func:`to_log_grid`), scaled to median 1 (0 outside the sky's range).
+
+    A sky over-subtraction removes a multiple of the sky's continuum, which rises and falls across MUSE's range
+    (the O2 bands, the OH pseudo-continuum in the red): a constant cannot absorb it, and what it leaves looks like
+    broad absorption to a non-negative basis. Fitted with a free sign, the term absorbs any such pedestal.
+
+    Examples
+    --------
+    >>> grid = LogGrid(np.log10(3000.0), 1e-4, 4000)
+    >>> wave = np.linspace(4800.0, 9300.0, 3000)
+    >>> j0, n = observed_window(wave, grid)
+    >>> v = sky_nuisance_vector(wave, np.ones(wave.size), grid, (j0, n))
+    >>> v.shape == (n,), round(float(np.median(v[v > 0])), 6)
+    (True, 1.0)
+    """
+    values = np.nan_to_num(np.asarray(sky_continuum, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    known = (np.isfinite(np.asarray(sky_continuum, np.float64)) & (values != 0)).astype(np.float64)
+    vector = to_log_grid(wavelength, values[None], known[None], grid, window=window)[0][0]
+    covered = vector != 0
+    if not covered.any():
+        raise ValueError("the sky continuum is 0 or undefined over the whole observed window")
+    return vector / np.median(np.abs(vector[covered]))
 
 
 def decimate_min(chi2: np.ndarray, n: int) -> np.ndarray:

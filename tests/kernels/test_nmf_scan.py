@@ -440,25 +440,34 @@ def _smooth_basis():
     return h
 
 
-@pytest.mark.parametrize("order", [0, 1, 2])
+def _sky_like(n: int) -> np.ndarray:
+    """A wavy positive observed-frame vector (a night-sky continuum's bands), no polynomial of low order."""
+    x = np.linspace(0.0, 1.0, n)
+    return 1.0 + 0.6 * np.sin(23 * x) ** 2 + 0.8 * np.exp(-0.5 * ((x - 0.7) / 0.03) ** 2) + 0.5 * x
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, "sky"])
 @pytest.mark.parametrize("kind", ["plain", "hard", "smooth"])
 def test_nuisance_scan_equals_bounded_least_squares(order, kind):
     """Basis coefficients >= 0, nuisance coefficients free: the Schur-complement FFT scan equals the per-trial
-    bounded least squares (scipy.optimize.lsq_linear, BVLS) to 1e-8 on spectra with a pedestal and a tilt."""
+    bounded least squares (scipy.optimize.lsq_linear, BVLS) to 1e-8 on spectra with a pedestal and a tilt, also
+    with a sky-continuum-like vector beside P0 (zfind's sky term)."""
     h = {"plain": _basis, "hard": _hard_basis, "smooth": _smooth_basis}[kind]()
     prepared = prepare_basis(h, N_OBS)
-    p = nuisance_vectors(N_OBS, order)
+    sky = _sky_like(N_OBS)
+    p = np.vstack([nuisance_vectors(N_OBS, 0), sky]) if order == "sky" else nuisance_vectors(N_OBS, order)
     shifts = np.r_[np.arange(0, 2600, 7), np.arange(880, 921)]
     lags = J0 - np.unique(shifts)
     for seed, shift in ((1, 600), (2, 900), (3, 1500)):
         f, w = _spectrum(_basis(), shift, seed=seed)
-        f = f - 0.8 + 0.3 * np.linspace(-1, 1, N_OBS) ** 2 * (order >= 2)  # a negative pedestal and curvature
+        # a sky over-subtraction, or a negative pedestal and curvature
+        f = f - (0.5 * sky if order == "sky" else 0.8 - 0.3 * np.linspace(-1, 1, N_OBS) ** 2 * (order >= 2))
         chi2, omega, beta = scan_chi2(prepared, f, w, lags, nuisance=p, return_nuisance=True)
         ref, _ = reference_scan(h, f, w, lags, nuisance=p)
         np.testing.assert_allclose(chi2, ref, rtol=1e-8)
         assert np.argmin(chi2) == np.argmin(ref)
-        assert np.all(omega >= 0) and beta.shape == (lags.size, order + 1)
-        assert np.min(beta[:, 0]) < 0  # the free sign is used: the continuum row alone cannot go negative
+        assert np.all(omega >= 0) and beta.shape == (lags.size, p.shape[0])
+        assert np.min(beta[:, -1 if order == "sky" else 0]) < 0  # the free sign is used
 
 
 @settings(max_examples=25, deadline=None)

@@ -5,7 +5,7 @@ import pytest
 
 from dzspec.kernels.nmf_scan import prepare_basis
 from dzspec.kernels.restframe import LogGrid, observed_window
-from dzspec.kernels.zfind import decimate_min, nmf_zfind
+from dzspec.kernels.zfind import decimate_min, nmf_zfind, sky_nuisance_vector
 
 WAVE = 4750.0 + 1.25 * np.arange(400)  # 4750-5249 A
 GRID = LogGrid.spanning(4700.0 / 1.4, 5300.0, 1e-4)
@@ -83,3 +83,45 @@ def test_a_zero_filled_gap_scans_as_no_data(problem):
     for name, values in expected.items():
         np.testing.assert_array_equal(got[name], values, err_msg=name)
     assert not np.array_equal(nmf_zfind(WAVE, flux, ivar, **kw)["chi2"][0], expected["chi2"][0])
+
+
+def _sky(wave):
+    """A night-sky-like continuum: bands that no low-order polynomial follows."""
+    x = (wave - wave[0]) / (wave[-1] - wave[0])
+    return 1.0 + 0.8 * np.sin(9 * x) ** 2 + 0.5 * np.exp(-0.5 * ((x - 0.6) / 0.05) ** 2)
+
+
+@pytest.mark.parametrize("depth", [-3.0, -0.4, 0.7])
+def test_a_sky_over_subtraction_of_any_depth_changes_only_the_sky_coefficient(problem, depth):
+    """With the sky continuum as a nuisance term, subtracting any multiple of it from the spectra (a sky over- or
+    under-subtraction) leaves z, chi2, the B26 scores and the candidates unchanged and moves only the last nuisance
+    coefficient; with the constant alone the same pedestal changes the fit."""
+    prepared, flux, ivar, shifts, _ = problem
+    kw = {"prepared": prepared, "grid": GRID, "shifts": shifts}
+    sky = _sky(WAVE)
+    clean = nmf_zfind(WAVE, flux, ivar, sky_continuum=sky, **kw)
+    pedestal = depth * 0.1 * sky  # 0.1: the spectra's continuum level
+    moved = nmf_zfind(WAVE, flux - pedestal, ivar, sky_continuum=sky, **kw)
+    good = [0, 2]
+    for name in ("z", "z_refined", "candidate_z"):
+        np.testing.assert_array_equal(moved[name][good], clean[name][good], err_msg=name)
+    for name in ("chi2", "chi2_refined", "nmf_significance", "deltachi2", "coeff"):
+        np.testing.assert_allclose(moved[name][good], clean[name][good], rtol=1e-6, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(moved["nuisance_coeff"][good, 0], clean["nuisance_coeff"][good, 0], atol=1e-4)
+    assert np.all(moved["nuisance_coeff"][good, -1] - clean["nuisance_coeff"][good, -1] < 0) == (depth > 0)
+    constant_only = nmf_zfind(WAVE, flux - pedestal, ivar, **kw)
+    assert np.all(constant_only["chi2"][good] > clean["chi2"][good] + 100)
+
+
+def test_the_sky_vector_follows_the_spectra_resampling_and_needs_nuisance_terms(problem):
+    prepared, flux, ivar, shifts, _ = problem
+    j0, n = observed_window(WAVE, GRID)
+    v = sky_nuisance_vector(WAVE, _sky(WAVE), GRID, (j0, n))
+    assert v.shape == (n,) and np.median(np.abs(v[v != 0])) == pytest.approx(1.0)
+    outside = sky_nuisance_vector(WAVE, np.where(WAVE < 5000, np.nan, _sky(WAVE)), GRID, (j0, n))
+    assert np.all(outside[: n // 4] == 0) and np.all(outside[-n // 4 :] != 0)
+    with pytest.raises(ValueError, match="sky continuum"):
+        sky_nuisance_vector(WAVE, np.zeros(WAVE.size), GRID, (j0, n))
+    with pytest.raises(ValueError, match="nuisance_order"):
+        nmf_zfind(WAVE, flux, ivar, prepared=prepared, grid=GRID, shifts=shifts, nuisance_order=-1,
+                  sky_continuum=_sky(WAVE))

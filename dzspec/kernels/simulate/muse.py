@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, percentile_filter, uniform_filter1d
+from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 from scipy.special import erf, ndtri
 
 from dzspec.kernels.airvac import air_to_vacuum
@@ -59,7 +59,7 @@ from dzspec.kernels.simulate.common import (
     age_of_universe_gyr,
     row_rng,
 )
-from dzspec.kernels.simulate.sky import SkySpectrum, builtin_sky, sky_on_grid
+from dzspec.kernels.simulate.sky import SkySpectrum, builtin_sky, sky_continuum, sky_on_grid
 
 __all__ = [
     "MUSE_CLASSES",
@@ -431,9 +431,7 @@ def _build_instrument(config: MuseSimConfig, sky: SkySpectrum, band: tuple[np.nd
     width = np.diff(edges)
     lsf = muse_lsf_fwhm(wave)
     surface = sky_on_grid(sky, wave, lsf)
-    # Continuum: a low envelope between the lines, smoothed; the lines are what is left.
-    continuum = uniform_filter1d(percentile_filter(surface, 20, size=41, mode="nearest"), 41, mode="nearest")
-    continuum = np.minimum(continuum, surface)
+    continuum = sky_continuum(surface)  # the lines are what is left
     lines = np.clip(surface - continuum, 0.0, None)
     gain_hour = config.telescope_area_cm2 * muse_throughput(wave) * width * wave / _HC * 3600.0 * 1e-17
     spaxel_var = config.read_noise_e**2 / (config.exposure_seconds / 3600.0) + config.dark_e_per_hour

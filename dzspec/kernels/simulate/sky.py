@@ -16,7 +16,7 @@ import numpy as np
 
 from dzspec.kernels.simulate.common import add_gaussian_lines
 
-__all__ = ["SkySpectrum", "builtin_sky", "sky_on_grid"]
+__all__ = ["SkySpectrum", "builtin_sky", "sky_continuum", "sky_on_grid"]
 
 _H_C_K = 1.4387769  # cm K (second radiation constant)
 
@@ -117,3 +117,24 @@ def sky_on_grid(sky: SkySpectrum, wavelength: np.ndarray, lsf_fwhm: np.ndarray) 
                             [wavelength[-1] + (wavelength[-1] - mid[-1])]])
     integral = np.interp(edges, sky.wavelength, cumulative)
     return np.diff(integral) / np.diff(edges)
+
+
+def sky_continuum(surface: np.ndarray, *, size: int = 41) -> np.ndarray:
+    """The continuum of a sky spectrum seen by an instrument (:func:`sky_on_grid`): a low envelope between its
+    lines (the 20th percentile over ``size`` pixels, then a running mean over as many), never above the spectrum.
+
+    What a sky over-subtraction removes from a spectrum besides the line residuals: the simulator's pedestals and
+    ``zfind``'s sky nuisance term (:func:`dzspec.kernels.zfind.nmf_zfind`) both take this shape.
+
+    Examples
+    --------
+    >>> wave = np.arange(4750.0, 9350.0, 1.25)
+    >>> seen = sky_on_grid(builtin_sky(), wave, np.full(wave.size, 2.5))
+    >>> continuum = sky_continuum(seen)
+    >>> bool(np.all(continuum <= seen)), bool(np.median(continuum) < np.median(seen))
+    (True, True)
+    """
+    from scipy.ndimage import percentile_filter, uniform_filter1d
+
+    envelope = uniform_filter1d(percentile_filter(surface, 20, size=size, mode="nearest"), size, mode="nearest")
+    return np.minimum(envelope, surface)
