@@ -3,7 +3,9 @@
 A basis lives in ``bases/<name>`` of a store (or a store of its own): ``basis`` (component x rest_pixel, float64),
 ``covered`` (rest_pixel, bool), ``chi2_history`` (iteration, float64), and attributes: the grid constants
 (``grid_start``, ``grid_step``, ``grid_size``), rank, method, seed, iterations per stage, ``training_sha256``,
-``basis_sha256`` (checked on load), ``medium`` and the dzspec version.
+``basis_sha256`` (checked on load), ``medium`` and the dzspec version. A basis may carry the night-sky continuum
+that ``zfind`` fits beside it as a nuisance term (``sky_wavelength``, ``sky_continuum``, attribute ``sky_continuum``
+with its checksum and source: :func:`save_sky_continuum`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dzspec.io import store as zstore
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 
-__all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "save_basis", "save_confidence"]
+__all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "load_sky_continuum", "save_basis",
+           "save_confidence", "save_sky_continuum"]
 
 
 def grid_attrs(grid: LogGrid) -> dict[str, float | int]:
@@ -128,3 +131,55 @@ def save_confidence(path: str | PathLike[str], name: str, model: dict[str, Any],
     root[group_path].attrs.update(zstore.jsonable({"confidence": {**model, "sha256": sha},
                                                   "confidence_report": report}))
     return sha
+
+
+def save_sky_continuum(path: str | PathLike[str], name: str, wavelength: np.ndarray, continuum: np.ndarray, *,
+                       source: str) -> str:
+    """Store with ``bases/<name>`` the night-sky continuum (vacuum ``wavelength`` in Angstrom, any flux scale) that
+    ``zfind`` fits as a free-sign nuisance term beside the basis (:func:`dzspec.kernels.zfind.sky_nuisance_vector`);
+    ``source`` says where it came from. Returns its SHA-256, which enters the configuration of every scan using it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from dzspec.kernels.nmf_train import NMFResult
+    >>> path = tempfile.mkdtemp() + "/b.zarr"
+    >>> trained = NMFResult(basis=np.ones((2, 50)), coefficients=np.ones((1, 2)), covered=np.ones(50, bool))
+    >>> _ = save_basis(path, "nmf", trained, LogGrid(3.0, 1e-4, 50), training_sha256="")
+    >>> sha = save_sky_continuum(path, "nmf", np.array([5000.0, 6000.0]), np.array([1.0, 2.0]), source="test")
+    >>> wave, cont = load_sky_continuum(path, "nmf")
+    >>> cont.tolist(), load_sky_continuum(path, "nmf", sha256=sha)[1].tolist() == cont.tolist()
+    ([1.0, 2.0], True)
+    """
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    continuum = np.asarray(continuum, dtype=np.float64)
+    if wavelength.ndim != 1 or wavelength.shape != continuum.shape or not np.all(np.diff(wavelength) > 0):
+        raise ValueError("the sky continuum needs increasing wavelengths and one value per wavelength")
+    root = zstore.open_root(path, mode="a")
+    group_path = f"bases/{name}"
+    if group_path not in root:
+        raise StoreError(f"{path}: no basis {group_path!r}")
+    group = root[group_path]
+    for array_name, values in (("sky_wavelength", wavelength), ("sky_continuum", continuum)):
+        array = group.create_array(array_name, shape=values.shape, chunks=values.shape, dtype=np.float64,
+                                   dimension_names=("sky_pixel",), fill_value=0, overwrite=True)
+        array[...] = values
+    sha = array_sha256(wavelength, continuum)
+    group.attrs["sky_continuum"] = {"sha256": sha, "source": str(source)}
+    return sha
+
+
+def load_sky_continuum(path: str | PathLike[str], name: str,
+                       sha256: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``(wavelength, continuum)`` stored by :func:`save_sky_continuum` with ``bases/<name>``, or None when the
+    basis has none; raises when the bytes do not match their checksum (or ``sha256``, when given)."""
+    group = zstore.open_root(path)[f"bases/{name}"]
+    meta = group.attrs.get("sky_continuum")
+    if meta is None:
+        return None
+    wavelength = np.asarray(group["sky_wavelength"][...], dtype=np.float64)
+    continuum = np.asarray(group["sky_continuum"][...], dtype=np.float64)
+    actual = array_sha256(wavelength, continuum)
+    if actual != meta["sha256"] or (sha256 is not None and actual != sha256):
+        raise StoreError(f"{path}/bases/{name}: the sky continuum does not match its checksum (modified or corrupt)")
+    return wavelength, continuum
