@@ -164,7 +164,8 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
     basis, name = (args.basis, args.name) if args.basis else _shipped("basis", args.store, args.group)
     with _client(args) as client:
         report = run_zfind(args.store, basis, client, basis_name=name, params=params,
-                           noise_calibration=args.noise_calibration, **_runner_kwargs(args))
+                           noise_calibration=args.noise_calibration, sky_nuisance=args.sky_nuisance,
+                           **_runner_kwargs(args))
     print(report.summary())
     return 0 if report.complete else 1
 
@@ -494,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pedestals (default 0, or -1 = none with --weighting unweighted); 1-2 also absorb tilts but "
                         "let bright continua be fitted by the polynomial at an empty high z; -1 scans the basis "
                         "alone as B26")
+    p.add_argument("--sky-nuisance", choices=("auto", "off"), default="auto",
+                   help="auto (default): also fit the basis's night-sky continuum with a free sign (sky over- and "
+                        "under-subtraction; the shipped muse basis has one); off: the Legendre terms only")
     p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
                    help="per-wavelength variance inflation at sky-residual pixels (dzspec calibrate-noise); auto "
                         "(default): the store's own, measured first when missing and the group has >= 300 spectra")

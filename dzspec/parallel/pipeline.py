@@ -30,6 +30,7 @@ A config (every key is checked; an unknown or mistyped one is an error that name
     basis = "bases.zarr"              # store holding bases/<basis_name> (default: the shipped one)
     basis_name = "nmf"
     noise_calibration = "auto"        # auto | off | a stored calibration's name
+    sky_nuisance = "auto"             # auto (the basis's sky continuum, when it has one) | off
 
     [[steps]]
     kind = "stats"
@@ -63,7 +64,7 @@ STEP_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "simulate": {"survey": (str, True), "n": (int, True), "seed": (int, False), "ingredients": (dict, False),
                  "continua": (str, False)},
     "zfind": {"basis": (str, False), "basis_name": (str, False), "params": (dict, False),
-              "noise_calibration": (str, False)},
+              "noise_calibration": (str, False), "sky_nuisance": (str, False)},
     "lae": {"prior": (str, False), "prior_name": (str, False), "params": (dict, False),
             "noise_calibration": (str, False)},
     "stats": {"results": (str, True), "by": (list, False), "split": (str, False), "score": (str, False),
@@ -234,7 +235,8 @@ def _zfind(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str,
 
     basis, name = _model(config, step, "basis", runner)
     return run_zfind(config.store, basis, client, basis_name=name, params=step.options.get("params"),
-                     noise_calibration=step.options.get("noise_calibration", "auto"), **runner).summary()
+                     noise_calibration=step.options.get("noise_calibration", "auto"),
+                     sky_nuisance=step.options.get("sky_nuisance", "auto"), **runner).summary()
 
 
 def _lae(config: PipelineConfig, step: Step, client: Any, runner: Mapping[str, Any]) -> str:

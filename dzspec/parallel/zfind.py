@@ -18,7 +18,7 @@ import numpy as np
 from distributed import Client
 
 from dzspec.io import store as zstore
-from dzspec.io.bases import Basis, load_basis
+from dzspec.io.bases import Basis, load_basis, load_sky_continuum
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.confidence import FEATURE_INPUTS, ConfidenceModel, scan_features
 from dzspec.kernels.nmf_scan import PreparedBasis, prepare_basis
@@ -47,12 +47,24 @@ def _prepared(path: str, name: str, sha256: str, n_obs: int, support_floor: floa
     return prepare_basis(_basis(path, name, sha256).basis, n_obs, support_floor=support_floor)
 
 
+@lru_cache(maxsize=2)
+def _sky_continuum(path: str, name: str, sha256: str) -> tuple[np.ndarray, np.ndarray]:
+    sky = load_sky_continuum(path, name, sha256=sha256)
+    if sky is None:
+        raise ValueError(f"{path}/bases/{name} lost its sky continuum since the run started")
+    return sky
+
+
 def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, basis_store: str, basis_name: str,
                  basis_sha256: str, rank: int, z_min: float, z_max: float, dz: float, weighting: str,
                  support_floor: float, n_candidates: int, refine: bool, store_chi2: bool,
-                 chi2_decimate: int, nuisance_order: int, noise_store: str, noise_group: str, noise_name: str,
-                 noise_sha256: str, confidence_sha256: str) -> dict[str, np.ndarray]:
+                 chi2_decimate: int, nuisance_order: int, sky_sha256: str, noise_store: str, noise_group: str,
+                 noise_name: str, noise_sha256: str, confidence_sha256: str) -> dict[str, np.ndarray]:
     basis = _basis(basis_store, basis_name, basis_sha256)
+    sky = None
+    if sky_sha256:
+        sky_wave, sky_values = _sky_continuum(basis_store, basis_name, sky_sha256)
+        sky = np.interp(wavelength, sky_wave, sky_values, left=np.nan, right=np.nan)
     ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
                            noise_sha256=noise_sha256)
     _, n_obs = observed_window(wavelength, basis.grid)
@@ -60,7 +72,7 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
     z_trials = _z_trials(z_min, z_max, dz)
     out = nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=basis.grid.shift_of(z_trials),
                     weighting=weighting, n_candidates=n_candidates, refine=refine, store_chi2=store_chi2,
-                    chi2_decimate=chi2_decimate, nuisance_order=nuisance_order)
+                    chi2_decimate=chi2_decimate, nuisance_order=nuisance_order, sky_continuum=sky)
     out["confidence"] = np.full(flux.shape[0], np.nan, np.float32)  # needs the whole store: finalize_zfind
     return out
 
@@ -76,7 +88,7 @@ def _outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
     if int(params["nuisance_order"]) >= 0:
         names.append("nuisance_coeff")
     sizes = {"coeff": int(params["rank"]), CANDIDATE_DIM: int(params["n_candidates"]),
-             "nuisance": int(params["nuisance_order"]) + 1}
+             "nuisance": int(params["nuisance_order"]) + 1 + bool(params["sky_sha256"])}
     extra: dict[str, dict[str, Any]] = {
         "z": {"description": "best trial redshift (quantised to the basis grid)"},
         "zwarn": {"small_delta_chi2": f"deltachi2 < {MIN_DELTACHI2}"},
@@ -105,13 +117,13 @@ ZFIND = KernelSpec(
     version="4",
     defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
               "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 0,
-              **NOISE_PARAMS, "confidence_sha256": ""},
+              "sky_sha256": "", **NOISE_PARAMS, "confidence_sha256": ""},
 )
 
 
 def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], client: Client, *,
               basis_name: str = "nmf", params: Mapping[str, Any] | None = None, noise_calibration: str = "auto",
-              finalize: bool = True, **runner: Any) -> RunReport:
+              sky_nuisance: str = "auto", finalize: bool = True, **runner: Any) -> RunReport:
     """Scan every spectrum of a store's spectra group with a saved basis, into ``results/<grid>/nmf_zfind``.
 
     ``params`` override :data:`ZFIND`'s defaults (trial grid, weighting, ``refine``, ``store_chi2``,
@@ -120,7 +132,8 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     there the default order is -1); ``noise_calibration`` is ``"auto"`` (the group's own calibration, measured first
     when missing or stale and the group is large enough, else the basis store's instrument default for the grid:
     :func:`~dzspec.parallel.noise_calibration.resolve_noise_calibration`), ``"off"``, or the name of a stored one;
-    with ``finalize`` a complete run ends
+    ``sky_nuisance`` ``"auto"`` fits the basis's night-sky continuum (when it carries one and there are nuisance
+    terms) as one more free-sign term, ``"off"`` does not; with ``finalize`` a complete run ends
     with :func:`finalize_zfind` (redshift spikes, confidence); ``runner`` goes to
     :func:`dzspec.parallel.runner.run_kernel` (group, resume, overwrite, block_rows, ...).
     """
@@ -137,6 +150,11 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
         if params.get(key) is None:
             params[key] = float(value)
     params = {key: value for key, value in params.items() if value is not None}
+    if sky_nuisance not in ("auto", "off"):
+        raise ValueError(f"sky_nuisance must be 'auto' or 'off', not {sky_nuisance!r}")
+    sky_meta = basis.attrs.get("sky_continuum")
+    if sky_nuisance == "auto" and sky_meta is not None and params.get("nuisance_order", 0) >= 0:
+        params["sky_sha256"] = sky_meta["sha256"]
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
     params.update(noise_params(store, spectra, noise_calibration, fallback=basis_store))
     model = basis.attrs.get("confidence")

@@ -8,7 +8,7 @@ import pytest
 
 from dzspec.errors import BadSpectrumWarning
 from dzspec.io import store as zstore
-from dzspec.io.bases import load_basis, save_basis
+from dzspec.io.bases import load_basis, save_basis, save_sky_continuum
 from dzspec.kernels.nmf_scan import prepare_basis
 from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid, observed_window
@@ -228,3 +228,32 @@ def test_a_basis_scan_range_is_the_default_trial_range_and_params_override_it(se
     z = root[ranged.results]["z"][...]
     assert np.nanmin(z) >= 0.1 - 1e-9 and np.nanmax(z) <= 0.3 + 1e-9
     assert (root[chosen.results].attrs["params"]["z_min"], root[chosen.results].attrs["params"]["z_max"]) == (0.1, 0.5)
+
+
+def test_a_basis_sky_continuum_is_fitted_by_default_as_the_kernel_does(setup, client):
+    """A basis that carries a sky continuum: zfind fits it as the last nuisance term (same outputs as the kernel
+    given the continuum interpolated onto the store's grid), its checksum enters the run's configuration, and
+    ``sky_nuisance="off"`` scans without it."""
+    tmp, _, flux, ivar = setup
+    store = tmp / "sky_basis.zarr"
+    shutil.copytree(tmp / "basis.zarr", store, dirs_exist_ok=True)
+    sky_wave = np.linspace(4500.0, 6000.0, 301)
+    sky = 1.0 + 0.8 * np.sin((sky_wave - 4500.0) / 90.0) ** 2
+    sha = save_sky_continuum(store, "toy", sky_wave, sky, source="test")
+    report = run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, results="results/zsky",
+                       progress=False)
+    results = zstore.open_results(tmp / "s.zarr", report.results).compute()
+    assert results.attrs["params"]["sky_sha256"] == sha and results.nuisance_coeff.shape == (30, 2)
+    basis = np.log(10) * GRID.wavelength() * _components(GRID.wavelength())
+    direct = nmf_zfind(WAVE, flux.astype(np.float32), ivar.astype(np.float32),
+                       prepared=prepare_basis(basis, observed_window(WAVE, GRID)[1]), grid=GRID,
+                       shifts=GRID.shift_of(np.arange(1001) * 0.0005), sky_continuum=np.interp(WAVE, sky_wave, sky))
+    for name in ("z", "candidate_z", "zwarn"):
+        np.testing.assert_array_equal(results[name].values, direct[name], err_msg=name)
+    np.testing.assert_allclose(results.nuisance_coeff.values, direct["nuisance_coeff"], rtol=1e-5, atol=1e-6)
+    off = run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, results="results/znosky",
+                    sky_nuisance="off", progress=False)
+    plain = zstore.open_results(tmp / "s.zarr", off.results)
+    assert plain.attrs["params"]["sky_sha256"] == "" and plain.nuisance_coeff.shape == (30, 1)
+    with pytest.raises(ValueError, match="sky_nuisance"):
+        run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, sky_nuisance="on")
