@@ -189,8 +189,8 @@ _FIELD_LIST = [
     ResultField("chi2_refined", "float64", "chi2 at the best integer shift within one trial step of the best trial "
                 "(<= chi2)", _NMF),
     ResultField("nuisance_coeff", "float32", "free-sign coefficients of the observed-frame nuisance terms at the "
-                "best trial (constant, then Legendre P1, P2 ... over the observed window, then the basis's sky continuum "
-                "scaled to median 1 when it is fitted)", _NMF,
+                "best trial (constant, then Legendre P1, P2 ... over the observed window, then the basis's sky "
+                "continuum scaled to median 1 when it is fitted)", _NMF,
                 units="1e-17 erg s-1 cm-2 Angstrom-1", dim="nuisance"),
     ResultField("zchi2", "float32", "chi2 over the trial redshifts", _NMF, dim=REDSHIFT_DIM),
     ResultField("confidence", "float32", "probability that z is right, from the scan's own outputs, by the "
