@@ -67,6 +67,10 @@ def test_zfind_and_lae_run_on_a_new_store_with_the_shipped_models(tmp_path, caps
     # 8 spectra are too few to measure a noise calibration: the shipped instrument default is used, and named
     muse_default = load_noise_calibration(MODELS["muse"].path, "spectra/muse-air2vac-4750-1.25-3681")
     assert results.attrs["params"]["noise_sha256"] == muse_default.sha256
+    # and the basis's night-sky continuum is fitted beside it (the DESI galaxy basis carries none)
+    sky = load_basis(MODELS["muse"].path, "nmf").attrs["sky_continuum"]
+    assert results.attrs["params"]["sky_sha256"] == sky["sha256"]
+    assert results["nuisance_coeff"].shape == (8, 2)
     assert np.isfinite(results["z"][:]).all() and results["z"].shape == (8,)
 
     assert main(["simulate", "--survey", "desi", "-n", "6", "--store", str(desi), "--seed", "3", *cluster]) == 0
@@ -76,6 +80,7 @@ def test_zfind_and_lae_run_on_a_new_store_with_the_shipped_models(tmp_path, caps
     galaxies = zstore.open_root(desi)["results/desi-brz-3600-9824-0.8/nmf_zfind"]
     assert galaxies.attrs["params"]["basis_sha256"] == MODELS["desi_galaxy"].checksum
     assert (galaxies.attrs["params"]["z_min"], galaxies.attrs["params"]["z_max"]) == (0.0, 1.7)  # the basis's range
+    assert galaxies.attrs["params"]["sky_sha256"] == ""
     assert main(["lae", str(desi), *coadds, *cluster]) == 0
     assert "the shipped 'desi_lae' prior" in capsys.readouterr().out
     lae = zstore.open_root(desi)["results/desi-brz-3600-9824-0.8/madgics_lae"]

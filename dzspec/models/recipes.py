@@ -41,7 +41,8 @@ class MuseBasisRecipe:
     """The shipped MUSE NMF basis: a rank-``rank`` nearly-NMF basis trained to ``tol`` on a simulated MUSE survey
     with stellar-population continua and the real residuals of the even tiles of the cube (the odd tiles are
     left to test sets), with the training survey's noise calibration (the default of stores too small to measure
-    their own), then its LOW_CONFIDENCE model fitted on a second simulated survey scanned with it."""
+    their own) and a dark night-sky continuum at MUSE's resolution (zfind's sky nuisance term), then its
+    LOW_CONFIDENCE model fitted on a second simulated survey scanned with it."""
 
     n_train: int = 6000
     train_seed: int = 1001
@@ -54,13 +55,17 @@ class MuseBasisRecipe:
     nmf_seed: int = 100921
     purity: float = 0.995
     ingredients: dict[str, str] = field(default_factory=lambda: dict(MUSE_INGREDIENTS))
+    # the night-sky continuum zfind fits beside the basis: a dark sky measured elsewhere (KPNO, the DESI model)
+    # than the UVES sky whose continuum the simulator's pedestals take, so acceptance figures do not see their own
+    # shape (the two correlate at 0.97 on the MUSE grid)
+    nuisance_sky: str = "sky/eboss-spec-sky.dat"
 
     kind = "basis"
     survey = "muse"
     store = "muse_nmf.zarr"
     group = "nmf"
     description = ("MUSE NMF basis (rank 10, B26 rest-frame grid) trained on 6 000 simulated MUSE spectra with BC03 "
-                   "continua and real sky residuals; with its LOW_CONFIDENCE model")
+                   "continua and real sky residuals; with its noise default, sky continuum and LOW_CONFIDENCE model")
 
 
 @dataclass(frozen=True)
@@ -132,13 +137,28 @@ def _ship_noise_default(survey_store: Path, group: str | None, out: Path) -> Non
     copy_noise_calibration(survey_store, measured.attrs["spectra_group"], out)
 
 
+def _ship_muse_sky_continuum(sky_path: str, out: Path, name: str) -> None:
+    """Store with ``out``/bases/<name> the continuum of the sky at ``sky_path`` as MUSE sees it (its LSF, its
+    grid): the shape of the free-sign sky term of ``zfind`` (:func:`dzspec.kernels.zfind.sky_nuisance_vector`)."""
+    from dzspec.io.bases import save_sky_continuum
+    from dzspec.io.ingredients import load_sky_spectrum
+    from dzspec.kernels.simulate.muse import muse_lsf_fwhm, muse_wavelength
+    from dzspec.kernels.simulate.sky import sky_continuum, sky_on_grid
+
+    wave = muse_wavelength()
+    continuum = sky_continuum(sky_on_grid(load_sky_spectrum(sky_path), wave, muse_lsf_fwhm(wave)))
+    save_sky_continuum(out, name, wave, continuum,
+                       source=f"{Path(sky_path).name} at the MUSE LSF on the MUSE grid (sky_continuum)")
+
+
 def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path, work: Path, client: Any, *,
                 config: Any = None, calibration_config: Any = None, group: str | None = None,
-                attrs: dict[str, Any] | None = None) -> str:
+                attrs: dict[str, Any] | None = None, nuisance_sky: str | None = None) -> str:
     """Simulate a training survey (``config``), train the basis to ``recipe.tol``, save it to
     ``out``/bases/<recipe.group> with the training survey's noise calibration as the instrument default (for stores
-    too small to measure their own), then scan a second simulated survey with it (``calibration_config``, by
-    default the training's) and fit its LOW_CONFIDENCE model on that scan."""
+    too small to measure their own) and, for MUSE, the continuum of the sky ``nuisance_sky``, then scan a second
+    simulated survey with it (``calibration_config``, by default the training's) and fit its LOW_CONFIDENCE model
+    on that scan."""
     from dzspec.io.bases import load_basis
     from dzspec.parallel.confidence import calibrate_confidence
     from dzspec.parallel.train import train_and_save
@@ -151,6 +171,8 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
     train_and_save(train_store, out, recipe.group, client, recipe.rank, group=group, tol=recipe.tol,
                    max_iter=recipe.max_iter, seed=recipe.nmf_seed, overwrite=True, attrs=attrs)
     _ship_noise_default(train_store, group, out)
+    if nuisance_sky is not None:
+        _ship_muse_sky_continuum(nuisance_sky, out, recipe.group)
     # chunks of 512 spectra, so that the scan spreads over every worker (the spectra do not depend on it)
     simulate(calibration_store, survey, recipe.n_calibration, client, seed=recipe.calibration_seed,
              config=config if calibration_config is None else calibration_config,
@@ -163,7 +185,8 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
 def make_muse_basis(recipe: MuseBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
     """Run :class:`MuseBasisRecipe`: BC03 continua and the even tiles' residuals (:func:`_make_basis`)."""
     ingredients = {**_paths(data, recipe.ingredients), "residual_part": recipe.residual_part}
-    return _make_basis(recipe, "muse", ingredients, out, work, client)
+    nuisance_sky = _paths(data, {"sky": recipe.nuisance_sky})["sky"]
+    return _make_basis(recipe, "muse", ingredients, out, work, client, nuisance_sky=nuisance_sky)
 
 
 def make_desi_galaxy_basis(recipe: DesiGalaxyBasisRecipe, data: Path, work: Path, out: Path, client: Any) -> str:
