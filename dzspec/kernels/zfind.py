@@ -156,8 +156,9 @@ def sky_nuisance_vector(wavelength: np.ndarray, sky_continuum: np.ndarray, grid:
     >>> v.shape == (n,), round(float(np.median(v[v > 0])), 6)
     (True, 1.0)
     """
-    values = np.nan_to_num(np.asarray(sky_continuum, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    known = (np.isfinite(np.asarray(sky_continuum, np.float64)) & (values != 0)).astype(np.float64)
+    sky = np.asarray(sky_continuum, np.float64)
+    values = np.nan_to_num(sky, nan=0.0, posinf=0.0, neginf=0.0)
+    known = (np.isfinite(sky) & (values != 0)).astype(np.float64)
     vector = to_log_grid(wavelength, values[None], known[None], grid, window=window)[0][0]
     covered = vector != 0
     if not covered.any():

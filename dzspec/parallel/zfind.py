@@ -153,7 +153,8 @@ def run_zfind(store: str | PathLike[str], basis_store: str | PathLike[str], clie
     if sky_nuisance not in ("auto", "off"):
         raise ValueError(f"sky_nuisance must be 'auto' or 'off', not {sky_nuisance!r}")
     sky_meta = basis.attrs.get("sky_continuum")
-    if sky_nuisance == "auto" and sky_meta is not None and params.get("nuisance_order", 0) >= 0:
+    with_nuisance = params.get("nuisance_order", ZFIND.defaults["nuisance_order"]) >= 0
+    if sky_nuisance == "auto" and sky_meta is not None and with_nuisance:
         params["sky_sha256"] = sky_meta["sha256"]
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
     params.update(noise_params(store, spectra, noise_calibration, fallback=basis_store))
