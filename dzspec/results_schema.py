@@ -163,8 +163,8 @@ _NMF, _LAE, _BOTH = ("nmf_zfind",), ("madgics_lae",), ENGINES
 _FIELD_LIST = [
     # shared by both engines
     ResultField("z", "float64", "best redshift", _BOTH, redrock="Z"),
-    ResultField("zerr", "float64", "1-sigma redshift uncertainty from the curvature of chi2 at z", _LAE,
-                redrock="ZERR"),
+    ResultField("zerr", "float64", "1-sigma redshift uncertainty from the curvature of chi2 at the refined z, "
+                "calibrated on simulations", _BOTH, redrock="ZERR"),
     ResultField("zwarn", "uint32", "bits that each mean: do not trust z (zwarn == 0 is the trust cut)", _BOTH,
                 units="", fill=0, redrock="ZWARN"),
     ResultField("deltachi2", "float64", "chi2 of the best other minimum more than 1000 km/s from z, minus chi2 at z "

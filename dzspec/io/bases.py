@@ -25,7 +25,7 @@ from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 
 __all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "load_sky_continuum", "save_basis",
-           "save_confidence", "save_sky_continuum"]
+           "save_confidence", "save_sky_continuum", "save_zerr_calibration"]
 
 
 def grid_attrs(grid: LogGrid) -> dict[str, float | int]:
@@ -131,6 +131,16 @@ def save_confidence(path: str | PathLike[str], name: str, model: dict[str, Any],
     root[group_path].attrs.update(zstore.jsonable({"confidence": {**model, "sha256": sha},
                                                   "confidence_report": report}))
     return sha
+
+
+def save_zerr_calibration(path: str | PathLike[str], name: str, calibration: dict[str, Any]) -> None:
+    """Store with ``bases/<name>`` the ZERR calibration (:meth:`dzspec.kernels.zerr.ZerrCalibration.as_attrs`, with
+    where it was measured) that ``zfind`` applies to the chi2 parabola's width; its ``zerr_scale`` and
+    ``zerr_floor`` enter the parameters of every scan using it."""
+    root = zstore.open_root(path, mode="a")
+    if f"bases/{name}" not in root:
+        raise StoreError(f"{path}: no basis 'bases/{name}'")
+    root[f"bases/{name}"].attrs["zerr_calibration"] = zstore.jsonable(calibration)
 
 
 def save_sky_continuum(path: str | PathLike[str], name: str, wavelength: np.ndarray, continuum: np.ndarray, *,

@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -37,14 +38,16 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from dzspec._version import __version__
-from dzspec.errors import SchemaError, StoreError
+from dzspec.errors import BadSpectrumWarning, SchemaError, StoreError
 from dzspec.results_schema import CANDIDATE_DIM, FIELDS, ZNote, output_specs, upgrade_names
-from dzspec.schema import RUN_STATUS, SCHEMA_VERSION, SPECTRUM_COORDS, flag_attrs
+from dzspec.schema import RUN_STATUS, SCHEMA_VERSION, SPECTRUM_COORDS, IngestWarn, duplicated_targetid_rows, flag_attrs
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "BlockPlan",
     "chunk_rows_for",
+    "create_array",
+    "flag_duplicate_targetids",
     "jsonable",
     "open_results",
     "open_root",
@@ -237,8 +240,9 @@ def _dims(array: zarr.Array) -> tuple[str, ...]:
     return tuple(array.metadata.dimension_names or ())
 
 
-def _create(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
-            fill: Any, dims: tuple[str, ...], attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
+                 fill: Any, dims: tuple[str, ...], attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+    """A new array of a dzspec group: named dimensions, the store's compressors, JSON-safe attributes."""
     return group.create_array(
         name,
         shape=shape,
@@ -264,7 +268,7 @@ def create_spectra_group(
     nwave = template.sizes["wavelength"]
     chunk_rows = chunk_rows or chunk_rows_for(nwave, budget_bytes)
     group = root.require_group("spectra").create_group(grid)
-    wave = _create(group, "wavelength", (nwave,), (nwave,), "float64", np.nan, ("wavelength",),
+    wave = create_array(group, "wavelength", (nwave,), (nwave,), "float64", np.nan, ("wavelength",),
                    template["wavelength"].attrs)
     wave[:] = template["wavelength"].values
     group.attrs.update(
@@ -310,7 +314,7 @@ def ensure_spectrum_arrays(group: zarr.Group, ds: xr.Dataset) -> None:
         # still a power of two so that they divide the flux chunk.
         width = max(1, math.ceil(math.prod(extra) / max(1, nwave)))
         rows = max(1, chunk_rows >> (width - 1).bit_length())
-        _create(group, name, (nspec, *extra), (rows, *extra), dtype, fill, tuple(var.dims), var.attrs)
+        create_array(group, name, (nspec, *extra), (rows, *extra), dtype, fill, tuple(var.dims), var.attrs)
         created = True
     if created:
         coords = _coords_attr(group)
@@ -359,6 +363,30 @@ def set_manifest(group: zarr.Group, manifest: Sequence[Mapping[str, Any]]) -> No
     group.attrs["manifest"] = jsonable(list(manifest))
 
 
+def flag_duplicate_targetids(group: zarr.Group, path: str) -> None:
+    """Flag the rows of a spectra group whose known targetid occurs more than once (``ingest_warn``
+    DUPLICATE_TARGETID) and warn once, naming an example; nothing is said when they were flagged before. The last
+    step of every write of spectra into a store (:func:`dzspec.ingest`, :func:`dzspec.io.from_specutils`)."""
+    targetid = group["targetid"][:]
+    rows = duplicated_targetid_rows(targetid)
+    if not rows.size:
+        return
+    duplicated = np.unique(targetid[rows])
+    flags = group["ingest_warn"][:]
+    if np.all(flags[rows] & IngestWarn.DUPLICATE_TARGETID):
+        return  # flagged by an earlier ingest; nothing new to say
+    flags[rows] |= np.uint32(IngestWarn.DUPLICATE_TARGETID)
+    group["ingest_warn"][:] = flags
+    warnings.warn(
+        BadSpectrumWarning(
+            f"{path}/{group.path}: {duplicated.size} targetids occur more than once ({rows.size} spectra, e.g. "
+            f"targetid {int(duplicated[0])} at rows {np.flatnonzero(targetid == duplicated[0])[:5].tolist()}); "
+            "all kept, flagged DUPLICATE_TARGETID in ingest_warn"
+        ),
+        stacklevel=3,
+    )
+
+
 def input_id(group: zarr.Group) -> str:
     """Identity of a spectra group's content: its uid, size and manifest (changes when files are added)."""
     payload = json.dumps(
@@ -388,11 +416,11 @@ def create_results_group(
     n = plan.nspectrum
     rows = max(1, min(plan.block_rows, max(n, 1)))
     for name, spec in outputs.items():
-        _create(group, name, (n, *spec.sizes), (rows, *spec.sizes), spec.dtype, spec.fill,
+        create_array(group, name, (n, *spec.sizes), (rows, *spec.sizes), spec.dtype, spec.fill,
                 ("spectrum", *spec.dims), spec.attrs)
-    tid = _create(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
+    tid = create_array(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
     tid[:] = targetid
-    _create(group, "run_status", (n,), (rows,), "uint8", 0, ("spectrum",),
+    create_array(group, "run_status", (n,), (rows,), "uint8", 0, ("spectrum",),
             {**flag_attrs(RUN_STATUS), "description": "whether the spectrum's outputs were computed; failed: "
              "its block failed (the group's failed_blocks attribute gives the error), run again with --resume"})
     create_block_flags(group, plan.nblocks)
@@ -406,7 +434,7 @@ def create_results_group(
 def create_block_flags(group: zarr.Group, nblocks: int) -> zarr.Array:
     """The ``block_done`` array of a group: bool, all False, chunk 1 and never sharded, so that setting one
     flag rewrites one tiny object and no two tasks ever share one."""
-    return _create(group, "block_done", (nblocks,), (1,), "bool", False, ("block",),
+    return create_array(group, "block_done", (nblocks,), (1,), "bool", False, ("block",),
                    {"description": "True once the block's outputs are completely written"})
 
 

@@ -64,6 +64,7 @@ Weighting = Literal["weighted", "unweighted"]
 
 #: Pivot below this fraction of the diagonal = linearly dependent variable (dropped).
 _PIVOT_REL = 1e-13
+_LN10 = math.log(10.0)
 #: A basis row is "weakly supported" at a lag when its FFT ``G_aa`` is below this fraction of its Cauchy-Schwarz bound
 #: ``||H_a^2||_2 ||w||_2`` (the scale of the FFT round-off, ~1e-16 of it). Its Gram row and projection are then
 #: recomputed by FFTs restricted to the pixels those lags' windows cover (round-off relative to the row's size
@@ -906,7 +907,9 @@ class ScanResult:
 
     With refinement (the default), ``z_refined`` is ``10**(shift*delta) - 1`` at the fractional shift of the parabola
     vertex around the best integer shift within one trial step of the best trial, ``chi2_refined`` the chi2 at that
-    integer shift (never above ``chi2_min``) and ``omega_refined`` its coefficients; all three are None without it.
+    integer shift (never above ``chi2_min``), ``omega_refined`` its coefficients and ``zerr`` the 1-sigma width of
+    that parabola in z (``Δχ² = 1``: ``ln10 delta (1+z) sqrt(2 / curvature)``, uncalibrated; NaN where the parabola is
+    not convex or the best integer shift is at the grid's end); all four are None without it.
     ``nuisance_coeff`` (spectrum x m) holds the free-sign nuisance coefficients at the best trial (m = 0 without
     nuisance terms) and ``deltachi2`` Redrock's DELTACHI2 (:func:`delta_chi2`).
     """
@@ -927,6 +930,7 @@ class ScanResult:
     z_refined: np.ndarray | None = None
     chi2_refined: np.ndarray | None = None
     omega_refined: np.ndarray | None = None
+    zerr: np.ndarray | None = None
 
 
 def _parabola_vertex(y_minus: float, y0: float, y_plus: float) -> float:
@@ -975,8 +979,8 @@ def scan_block(
     return_chi2 : keep the chi2 curve over the trials (``ScanResult.chi2``, float64).
     refine : sub-pixel refinement of the best trial (METHODS §1.3, not in B26): chi2 at every integer shift from
         ``shifts[best - 1]`` to ``shifts[best + 1]`` (clipped at the grid ends), the lowest of them, then the
-        3-point parabola through it and its integer neighbours (:func:`_parabola_vertex`). The parabola's width is
-        not a calibrated error and is not returned.
+        3-point parabola through it and its integer neighbours (:func:`_parabola_vertex`); the parabola's width is
+        ``ScanResult.zerr`` (uncalibrated: :func:`dzspec.kernels.zfind.nmf_zfind` scales it).
     nuisance : (m, n_obs) free-sign observed-frame vectors fitted beside the basis at every trial (METHODS §5.7,
         :func:`nuisance_vectors`); their coefficients at the best trial are ``ScanResult.nuisance_coeff``.
 
@@ -1002,7 +1006,7 @@ def scan_block(
         minima_significance=np.full((nspec, n_minima), np.nan), npixels=np.sum(w > 0, axis=1).astype(np.int64),
         chi2=np.full((nspec, ntrial), np.nan) if return_chi2 else None,
         z_refined=np.full(nspec, np.nan) if refine else None, chi2_refined=np.full(nspec, np.nan) if refine else None,
-        omega_refined=np.full((nspec, k), np.nan) if refine else None,
+        omega_refined=np.full((nspec, k), np.nan) if refine else None, zerr=np.full(nspec, np.nan) if refine else None,
         nuisance_coeff=np.full((nspec, 0 if nuisance is None else np.atleast_2d(nuisance).shape[0]), np.nan),
         deltachi2=np.full(nspec, np.nan),
     )  # fmt: skip
@@ -1058,8 +1062,12 @@ def _refine_best(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray, shifts: 
     chi2[at], omega[at] = chi2_best, omega_best
     window = np.flatnonzero((fine >= lo) & (fine <= hi))
     j = int(window[np.argmin(chi2[window])])
-    offset = _parabola_vertex(chi2[j - 1], chi2[j], chi2[j + 1]) if 0 < j < fine.size - 1 else 0.0
+    inner = 0 < j < fine.size - 1
+    offset = _parabola_vertex(chi2[j - 1], chi2[j], chi2[j + 1]) if inner else 0.0
     res.z_refined[i] = 10.0 ** ((fine[j] + offset) * float(delta)) - 1.0  # type: ignore[index]
+    curvature = chi2[j - 1] - 2.0 * chi2[j] + chi2[j + 1] if inner else np.nan
+    if curvature > 0:  # chi2 = chi2_min + (shift - vertex)^2 * curvature / 2: Δχ² = 1 at sqrt(2 / curvature) pixels
+        res.zerr[i] = _LN10 * float(delta) * (1.0 + res.z_refined[i]) * np.sqrt(2.0 / curvature)  # type: ignore[index]
     res.chi2_refined[i] = chi2[j]  # type: ignore[index]
     res.omega_refined[i] = omega[j]  # type: ignore[index]
 

@@ -10,10 +10,13 @@ same thing, plus the B26 metrics under their own names, a ``zwarn`` bitmask (:cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from dzspec.kernels.nmf_scan import PreparedBasis, nuisance_vectors, scan_block
 from dzspec.kernels.restframe import LogGrid, measured_pixels, observed_window, to_log_grid
+from dzspec.kernels.zerr import apply_zerr_calibration
 from dzspec.results_schema import ZNote, ZWarn
 
 __all__ = ["MIN_DELTACHI2", "ZNote", "ZWarn", "decimate_min", "nmf_zfind", "sky_nuisance_vector"]
@@ -39,6 +42,9 @@ def nmf_zfind(
     chi2_decimate: int = 1,
     nuisance_order: int = 0,
     sky_continuum: np.ndarray | None = None,
+    zerr_scale: float | Sequence[float] = 1.0,
+    zerr_floor: float | Sequence[float] = 0.0,
+    zerr_z_edges: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
     """Redshifts of a block of spectra with an NMF basis.
 
@@ -71,6 +77,11 @@ def nmf_zfind(
         The night-sky continuum on ``wavelength`` (any scale; e.g. a model's ``bases/<name>/sky_continuum``): one
         more free-sign nuisance term, last in ``nuisance_coeff``, which absorbs a sky over- or under-subtraction
         of any depth (:func:`sky_nuisance_vector`). Needs ``nuisance_order >= 0``.
+    zerr_scale, zerr_floor, zerr_z_edges
+        The calibration of ``zerr`` (stored with a basis by ``dzspec calibrate-zerr``): ``zerr = sqrt((zerr_scale
+        sigma)**2 + (zerr_floor (1 + z))**2)``, with ``sigma`` the width of the refined chi2 parabola at Δχ² = 1 and
+        one scale and floor per range of z between ``zerr_z_edges``
+        (:func:`~dzspec.kernels.zerr.apply_zerr_calibration`).
 
     Returns
     -------
@@ -79,7 +90,8 @@ def nmf_zfind(
         (spectrum x rank), ``nuisance_coeff`` (spectrum x nuisance, with ``nuisance_order >= 0``),
         ``nmf_significance``, ``nmf_robustness``, ``candidate_z``, ``candidate_chi2``, ``candidate_significance``
         (spectrum x candidate), ``zwarn`` (uint32, :class:`ZWarn`), ``znote`` (uint32, :class:`ZNote`); with
-        ``refine`` ``z_refined`` (float64, sub-pixel) and ``chi2_refined`` (float64, chi2 at the best integer shift
+        ``refine`` ``z_refined`` (float64, sub-pixel), its ``zerr`` (NaN where the chi2 parabola is not convex) and
+        ``chi2_refined`` (float64, chi2 at the best integer shift
         near the best trial, <= ``chi2``); with ``store_chi2`` ``zchi2`` (float32, spectrum x ``ceil(ntrial /
         chi2_decimate)``). ``coeff`` stays that of
         the best trial. No-data spectra are NaN.
@@ -133,6 +145,8 @@ def nmf_zfind(
     if refine:
         out["z_refined"] = result.z_refined.astype(np.float64)  # type: ignore[union-attr]
         out["chi2_refined"] = result.chi2_refined.astype(np.float64)  # type: ignore[union-attr]
+        out["zerr"] = apply_zerr_calibration(result.zerr, result.z_refined, zerr_scale, zerr_floor,  # type: ignore[arg-type]
+                                             zerr_z_edges)
     if store_chi2:
         out["zchi2"] = decimate_min(result.chi2, int(chi2_decimate)).astype(np.float32)  # type: ignore[arg-type]
     return out

@@ -24,7 +24,7 @@ from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.blends import MUSE_LSF_FWHM, detect_blends, line_terms
 from dzspec.kernels.restframe import observed_window
 from dzspec.parallel.runner import RunReport, run_kernel
-from dzspec.parallel.zfind import _basis, _prepared, _z_trials
+from dzspec.parallel.zfind import cached_basis, cached_prepared, trial_redshifts
 
 __all__ = ["BLENDS", "run_blends"]
 
@@ -48,14 +48,14 @@ def _blend_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, tar
                  sigma_grid_kms: list[float], offset_grid_kms: list[float], lsf_fwhm: list[float] | None,
                  absorption_sigma_kms: float, absorption_offsets_kms: list[float],
                  spectra_store: str) -> dict[str, np.ndarray]:
-    basis = _basis(basis_store, basis_name, basis_sha256)
+    basis = cached_basis(basis_store, basis_name, basis_sha256)
     _, n_obs = observed_window(wavelength, basis.grid)
-    prepared = _prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
+    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
     known, z_sorted = _first_redshifts(spectra_store, zfind_results, z_column, zfind_sha256)
     where = np.clip(np.searchsorted(known, targetid), 0, known.size - 1)
     if not np.array_equal(known[where], targetid):
         raise ValueError(f"targetids of this block are missing from {zfind_results}")
-    shifts = basis.grid.shift_of(_z_trials(z_min, z_max, dz))
+    shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
     return detect_blends(wavelength, flux, ivar, z_sorted[where], prepared=prepared, grid=basis.grid, shifts=shifts,
                          t_blend=t_blend, tolerance=tolerance, exclusion_steps=exclusion_steps, n_minima=n_minima,
                          continuum_degree=continuum_degree, sigma_grid_kms=tuple(sigma_grid_kms),

@@ -1,4 +1,5 @@
-"""``dzspec calibrate-confidence``: learn the NMF confidence model on a scanned store with known redshifts.
+"""``dzspec calibrate-confidence`` and ``dzspec calibrate-zerr``: what a basis learns from a scanned store with known
+redshifts.
 
 The store is a simulated survey (truth in ``z_true``; false sources, with NaN, are never right) already scanned by
 ``dzspec zfind`` with the basis the model will belong to. Its rows are split in two disjoint halves by a seeded
@@ -7,6 +8,10 @@ lowest cut at which the spectra left with ``zwarn == 0`` are ``purity`` right. T
 report are stored with the basis (``bases/<name>`` attributes), so every later ``zfind`` with it fills
 ``confidence`` and sets LOW_CONFIDENCE. Quote acceptance figures from a third store that neither the basis nor this
 calibration saw.
+
+``calibrate_zerr`` fits the ZERR calibration (:mod:`dzspec.kernels.zerr`) on the right redshifts of such a store and
+stores it with the basis, or (``save=False``) reports the pull widths of a store scanned with it: the check on a
+store the calibration did not see.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from dzspec.io import store as zstore
-from dzspec.io.bases import load_basis, save_confidence
+from dzspec.io.bases import load_basis, save_confidence, save_zerr_calibration
 from dzspec.kernels.confidence import FEATURE_INPUTS, FEATURES, fit_confidence, scan_features, threshold_for_purity
+from dzspec.kernels.zerr import apply_zerr_calibration, fit_zerr_calibration, pull_widths
 from dzspec.kernels.zfind import ZWarn
 
-__all__ = ["calibrate_confidence", "right_redshifts"]
+__all__ = ["calibrate_confidence", "calibrate_zerr", "right_redshifts"]
 
 log = logging.getLogger(__name__)
 
@@ -79,4 +85,64 @@ def calibrate_confidence(store: str | PathLike[str], results: str, basis_store: 
     log.info("confidence model of %s/bases/%s: threshold %.4f, calibration purity %.4f keeping %.3f of known-z "
              "spectra", basis_store, basis_name, model.threshold, report["calibration_purity"],
              report["calibration_kept_of_known_z"])
+    return report
+
+
+def calibrate_zerr(store: str | PathLike[str], results: str, basis_store: str | PathLike[str] | None = None, *,
+                   basis_name: str = "nmf", snr: str = "snr_lines", edges: tuple[float, ...] = (5.0, 13.0, 30.0),
+                   z_edges: tuple[float, ...] = (1.5, 2.9), min_count: int = 30, save: bool = True) -> dict[str, Any]:
+    """Fit the ZERR calibration of a basis on a scanned simulated store and store it with the basis (``save``), or
+    measure the pull widths on a store the calibration did not see (``save=False``: the store's own ``zerr``, or
+    with ``basis_store`` the zerr that the basis's stored calibration gives the same scan).
+
+    Right redshifts (:func:`right_redshifts` of ``z_refined``) are binned by the spectra group's coordinate ``snr``
+    (the simulator's ``snr_lines``) at ``edges``, and calibrated apart in the ranges of z between ``z_edges``
+    (:func:`~dzspec.kernels.zerr.fit_zerr_calibration`); bins of fewer than ``min_count`` do not constrain the fit. The
+    scan's raw parabola widths are recovered from its ``zerr`` and the calibration it ran with, so a store scanned
+    with an earlier calibration serves as well. Returns the report: scale, floor, and per bin the count and the pull
+    widths (IQR / 1.349 of ``(z - z_true) / zerr``).
+    """
+    root = zstore.open_root(store)
+    group = root[results]
+    params = dict(group.attrs["params"])
+    if "zerr" not in group:
+        raise ValueError(f"{store}/{results}: no zerr (a scan without refine, or from before ZERR)")
+    spectra = root[group.attrs["input_group"]]
+    if snr not in spectra or "z_true" not in spectra:
+        raise ValueError(f"{store}/{group.attrs['input_group']}: needs z_true and {snr} (a simulated store)")
+    z = np.asarray(group["z_refined"][...], np.float64)
+    zerr = np.asarray(group["zerr"][...], np.float64)
+    z_true = np.asarray(spectra["z_true"][...], np.float64)
+    snr_values = np.asarray(spectra[snr][...], np.float64)
+    right = right_redshifts(z, z_true)
+    scan = {key: params.get(key, default) for key, default in
+            (("zerr_scale", [1.0]), ("zerr_floor", [0.0]), ("zerr_z_edges", []))}
+    # the raw widths: the scan's calibration undone (a = sqrt(sigma^2 scale^2 + floor^2 (1+z)^2))
+    unit = apply_zerr_calibration(np.ones_like(z), z, scan["zerr_scale"], 0.0, scan["zerr_z_edges"])
+    floor = apply_zerr_calibration(np.zeros_like(z), z, 1.0, scan["zerr_floor"], scan["zerr_z_edges"])
+    with np.errstate(invalid="ignore"):
+        sigma = np.sqrt(np.maximum(zerr**2 - floor**2, 0.0)) / unit
+    report: dict[str, Any] = {"store": str(store), "results": results, "snr": snr, "snr_edges": list(edges),
+                              "right": int(right.sum()), **{f"scan_{key}": value for key, value in scan.items()}}
+    if save:
+        if basis_store is None:
+            raise ValueError("calibrate_zerr(save=True) needs the basis store")
+        basis = load_basis(basis_store, basis_name)
+        if params.get("basis_sha256") != basis.attrs["basis_sha256"]:
+            raise ValueError(f"{store}/{results} was scanned with another basis than {basis_store}/bases/{basis_name}")
+        fit = fit_zerr_calibration(z[right], z_true[right], sigma[right], snr_values[right], edges=edges,
+                                   z_edges=z_edges, min_count=min_count)
+        report.update(fit.as_attrs())
+        save_zerr_calibration(basis_store, basis_name, {**fit.as_attrs(), "source": f"{store}/{results}"})
+        zerr = apply_zerr_calibration(sigma, z, fit.scale, fit.floor, fit.z_edges)
+    elif basis_store is not None:
+        stored = load_basis(basis_store, basis_name).attrs.get("zerr_calibration")
+        if stored is None:
+            raise ValueError(f"{basis_store}/bases/{basis_name} has no ZERR calibration to check")
+        report.update({key: stored[key] for key in ("zerr_scale", "zerr_floor", "zerr_z_edges")})
+        zerr = apply_zerr_calibration(sigma, z, stored["zerr_scale"], stored["zerr_floor"], stored["zerr_z_edges"])
+    bins = np.searchsorted(np.asarray(edges), snr_values[right], side="right")
+    widths, counts = pull_widths(z[right], z_true[right], zerr[right], bins, len(edges) + 1)
+    report.update({"pull_widths": widths.tolist(), "counts": counts.tolist()})
+    log.info("%s/%s: ZERR pull widths by %s bin %s: %s", store, results, snr, edges, np.round(widths, 3).tolist())
     return report

@@ -33,7 +33,7 @@ from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError, Unknown
 from dzspec.io import store as zstore
 from dzspec.io.registry import identify_format, read_spectra
 from dzspec.parallel.bounded import map_bounded
-from dzspec.schema import IngestWarn, duplicated_targetid_rows, file_sha256
+from dzspec.schema import file_sha256
 
 __all__ = ["IngestReport", "expand_inputs", "ingest"]
 
@@ -145,27 +145,6 @@ def _chunk_tasks(entries: list[dict[str, Any]], codes: dict[str, int], chunk_row
             by_chunk[chunk].append((entry["path"], entry["reader"], codes[entry["sha256"]], lo, hi, start + lo))
             lo = hi
     return by_chunk
-
-
-def _flag_duplicate_targetids(group: Any, path: str) -> None:
-    targetid = group["targetid"][:]
-    rows = duplicated_targetid_rows(targetid)
-    if not rows.size:
-        return
-    duplicated = np.unique(targetid[rows])
-    flags = group["ingest_warn"][:]
-    if np.all(flags[rows] & IngestWarn.DUPLICATE_TARGETID):
-        return  # flagged by an earlier ingest; nothing new to say
-    flags[rows] |= np.uint32(IngestWarn.DUPLICATE_TARGETID)
-    group["ingest_warn"][:] = flags
-    warnings.warn(
-        BadSpectrumWarning(
-            f"{path}/{group.path}: {duplicated.size} targetids occur more than once ({rows.size} spectra, e.g. "
-            f"targetid {int(duplicated[0])} at rows {np.flatnonzero(targetid == duplicated[0])[:5].tolist()}); "
-            "all kept, flagged DUPLICATE_TARGETID in ingest_warn"
-        ),
-        stacklevel=3,
-    )
 
 
 def ingest(
@@ -324,5 +303,5 @@ def _ingest_group(client: Client, root: Any, store: str, group_path: str, member
             entry["status"] = "done"
             report.ingested[entry["path"]] = entry["nrows"]
     zstore.set_manifest(group, manifest)
-    _flag_duplicate_targetids(group, store)
+    zstore.flag_duplicate_targetids(group, store)
 

@@ -56,7 +56,7 @@ from dzspec.parallel.noise_calibration import NOISE_PARAMS, calibrated_ivar, noi
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, LAEWarn, output_specs
 
-__all__ = ["LAE_SCAN", "build_lae_prior", "prior_rows", "run_lae"]
+__all__ = ["LAE_SCAN", "build_lae_prior", "lae_params", "prior_rows", "run_lae"]
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,28 @@ LAE_SCAN = KernelSpec(
 )
 
 
+def lae_params(prior_store: str | PathLike[str], prior_name: str = "lae",
+               params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters of :data:`LAE_SCAN` for a scan with the prior ``prior_store``/priors/``prior_name``, all but the
+    noise calibration's: what :func:`run_lae` passes to the runner and :func:`dzspec.lae` to the block kernel in
+    process. ``params`` override the defaults; a non-positive ``calibration`` is refused before any work.
+
+    Examples
+    --------
+    >>> from dzspec.models import default_prior_path
+    >>> p = lae_params(default_prior_path("desi_lae"))
+    >>> p["prior_name"], p["n_lae"]
+    ('lae', 2)
+    """
+    prior_store = str(Path(prior_store).resolve())
+    loaded = load_lae_prior(prior_store, prior_name)
+    calibration = float(dict(params or {}).get("calibration", 1.0))
+    if not calibration > 0:
+        raise ValueError(f"calibration must be positive, not {calibration}")
+    return {**dict(params or {}), "prior_store": prior_store, "prior_name": prior_name,
+            "prior_sha256": loaded.attrs["prior_sha256"], "n_lae": loaded.prior.lae_vectors.shape[1]}
+
+
 def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client: Client, *, prior_name: str = "lae",
             params: Mapping[str, Any] | None = None, noise_calibration: str = "auto", **runner: Any) -> RunReport:
     """Scan every spectrum of a store's spectra group for a Lya emitter, into ``results/<grid>/madgics_lae``.
@@ -344,12 +366,9 @@ def run_lae(store: str | PathLike[str], prior_store: str | PathLike[str], client
     ``dchi2_min``) with no interloper flag and a well-measured redshift.
     """
     prior_store = str(Path(prior_store).resolve())
-    loaded = load_lae_prior(prior_store, prior_name)
-    calibration = float(dict(params or {}).get("calibration", 1.0))
-    if not calibration > 0:
-        raise ValueError(f"calibration must be positive, not {calibration}")
+    scan = lae_params(prior_store, prior_name, params)
     spectra = zstore.resolve_spectra_group(zstore.open_root(store), runner.get("group"))
-    full = {**dict(params or {}), **noise_params(store, spectra, noise_calibration, fallback=prior_store),
-            "prior_store": prior_store, "prior_name": prior_name, "prior_sha256": loaded.attrs["prior_sha256"],
-            "n_lae": loaded.prior.lae_vectors.shape[1]}
+    noise = noise_params(store, spectra, noise_calibration, fallback=prior_store)
+    full = {**dict(params or {}), **noise, **{key: scan[key] for key in ("prior_store", "prior_name", "prior_sha256",
+                                                                          "n_lae")}}
     return run_kernel(store, LAE_SCAN, client, params=full, **runner)

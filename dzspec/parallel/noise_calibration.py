@@ -27,8 +27,8 @@ from dzspec.kernels.noise_calibration import (
     residual_histogram,
 )
 
-__all__ = ["MIN_SURVEY_SPECTRA", "NOISE_PARAMS", "calibrate_noise", "calibrated_ivar", "noise_params",
-           "residual_histogram_total", "resolve_noise_calibration"]
+__all__ = ["MIN_SURVEY_SPECTRA", "NOISE_PARAMS", "calibrate_noise", "calibrated_ivar", "instrument_default",
+           "noise_params", "residual_histogram_total", "resolve_noise_calibration"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
                  "default of %s", store, spectra, nspectrum, MIN_SURVEY_SPECTRA, fallback)
         return load_noise_calibration(fallback, spectra)
     target = np.asarray(root[spectra]["wavelength"][...], dtype=np.float64)
-    default = _instrument_default(fallback, spectra, target) if fallback else None
+    default = instrument_default(fallback, spectra, target) if fallback else None
     if default is not None:
         # another grid of the same instrument (a real cube starting at 4749.89 A, an MXDF spectrum from 4700 A): the
         # default carried to this grid, written beside the spectra so that workers read it like a measured one
@@ -135,7 +135,7 @@ def resolve_noise_calibration(store: str | PathLike[str], spectra: str, choice: 
 _GENERIC_GRIDS = ("lin", "grid")
 
 
-def _instrument_default(fallback: str | PathLike[str], spectra: str, wavelength: np.ndarray) -> NoiseCalibration | None:
+def instrument_default(fallback: str | PathLike[str], spectra: str, wavelength: np.ndarray) -> NoiseCalibration | None:
     """The calibration in ``fallback`` of another grid of the same instrument as ``spectra`` (the grid name's first
     word: ``muse``, ``desi`` ...; the same pixel step to 1 %) that covers most of ``wavelength``, if any."""
     instrument = spectra.removeprefix("spectra/").split("-")[0]

@@ -257,3 +257,31 @@ def test_a_basis_sky_continuum_is_fitted_by_default_as_the_kernel_does(setup, cl
     assert plain.attrs["params"]["sky_sha256"] == "" and plain.nuisance_coeff.shape == (30, 1)
     with pytest.raises(ValueError, match="sky_nuisance"):
         run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, sky_nuisance="on")
+
+
+def test_zerr_is_calibrated_stored_with_the_basis_and_applied_by_later_scans(setup, client):
+    """calibrate_zerr fits the scale (and floor) on a scanned store with known z, stores it with the basis; a
+    later zfind with that basis reports the calibrated zerr, whose pulls then have unit width."""
+    from dzspec.parallel.confidence import calibrate_zerr
+
+    tmp, _, _, _ = setup
+    store = tmp / "zerr_basis.zarr"
+    shutil.copytree(tmp / "basis.zarr", store, dirs_exist_ok=True)
+    first = run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, results="results/zerr0",
+                      progress=False)
+    raw = zstore.open_results(tmp / "s.zarr", first.results).compute()
+    assert raw.zerr.attrs["zerr_scale"] == [1.0] and np.isfinite(raw.zerr.values).sum() >= 25
+    report = calibrate_zerr(tmp / "s.zarr", first.results, store, basis_name="toy", snr="z_true", edges=(),
+                            z_edges=(), min_count=10)
+    assert load_basis(store, "toy").attrs["zerr_calibration"]["zerr_scale"] == report["zerr_scale"]
+    assert abs(report["pull_widths"][0] - 1) < 0.05
+    second = run_zfind(tmp / "s.zarr", store, client, basis_name="toy", params=PARAMS, results="results/zerr1",
+                       progress=False)
+    calibrated = zstore.open_results(tmp / "s.zarr", second.results).compute()
+    assert calibrated.attrs["params"]["zerr_scale"] == report["zerr_scale"]
+    expected = np.hypot(report["zerr_scale"][0] * raw.zerr.values,
+                        report["zerr_floor"][0] * (1 + raw.z_refined.values))
+    np.testing.assert_allclose(calibrated.zerr.values, expected, rtol=1e-12)
+    check = calibrate_zerr(tmp / "s.zarr", second.results, snr="z_true", edges=(), z_edges=(), min_count=10,
+                           save=False)
+    np.testing.assert_allclose(check["pull_widths"], report["pull_widths"], rtol=1e-9)
