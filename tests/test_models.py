@@ -41,6 +41,8 @@ def test_lookup_by_name_and_by_the_store_grid():
     assert default_model_for_grid("basis", "muse-air2vac-4750-1.25-3681").name == "muse"
     assert default_model_for_grid("basis", "desi-brz-3600-9824-0.8").name == "desi_galaxy"
     assert default_model_for_grid("prior", "desi-brz-3600-9824-0.8").name == "desi_lae"
+    # a generic grid (TDOSE's linear MUSE spectra) takes the MUSE basis, not the first model by name
+    assert default_model_for_grid("basis", "lin-4700.0-9350.0-3721-a00732b3").name == "muse"
     with pytest.raises(KeyError, match=r"no shipped basis model 'desi_lae'; shipped: .*muse"):
         shipped_model("desi_lae", "basis")
 

@@ -116,7 +116,9 @@ def default_model_for_grid(kind: str, grid_name: str) -> ShippedModel:
     for model in candidates:
         if grid_name.startswith(model.survey):
             return shipped_model(model.name, kind)
-    return shipped_model(candidates[0].name, kind)
+    # a generic grid (a linear one from TDOSE or a generic reader): MUSE's, as documented, not the first by name
+    fallback = next((m for m in candidates if m.survey == "muse"), candidates[0])
+    return shipped_model(fallback.name, kind)
 
 
 def default_model_for_store(kind: str, store: str | Path, group: str | None = None) -> ShippedModel:

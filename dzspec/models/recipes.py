@@ -59,6 +59,8 @@ class MuseBasisRecipe:
     # than the UVES sky whose continuum the simulator's pedestals take, so acceptance figures do not see their own
     # shape (the two correlate at 0.97 on the MUSE grid)
     nuisance_sky: str = "sky/eboss-spec-sky.dat"
+    # ZERR calibrated apart below z 1.5 (optical lines), in the redshift desert (rest-UV ISM lines) and above 2.9 (Lya)
+    zerr_z_edges: tuple[float, ...] = (1.5, 2.9)
 
     kind = "basis"
     survey = "muse"
@@ -89,6 +91,7 @@ class DesiGalaxyBasisRecipe:
     nmf_seed: int = 100921
     purity: float = 0.995
     ingredients: dict[str, str] = field(default_factory=lambda: dict(DESI_INGREDIENTS))
+    zerr_z_edges: tuple[float, ...] = ()  # one ZERR calibration over the scan's 0 < z < 1.7
 
     kind = "basis"
     survey = "desi"
@@ -158,9 +161,9 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
     ``out``/bases/<recipe.group> with the training survey's noise calibration as the instrument default (for stores
     too small to measure their own) and, for MUSE, the continuum of the sky ``nuisance_sky``, then scan a second
     simulated survey with it (``calibration_config``, by default the training's) and fit its LOW_CONFIDENCE model
-    on that scan."""
+    and its ZERR calibration on that scan."""
     from dzspec.io.bases import load_basis
-    from dzspec.parallel.confidence import calibrate_confidence
+    from dzspec.parallel.confidence import calibrate_confidence, calibrate_zerr
     from dzspec.parallel.train import train_and_save
     from dzspec.parallel.zfind import run_zfind
     from dzspec.simulate import simulate
@@ -179,6 +182,7 @@ def _make_basis(recipe: Any, survey: str, ingredients: dict[str, Any], out: Path
              ingredient_paths=ingredients, continua="sps", chunk_rows=512, progress=False)
     report = run_zfind(calibration_store, out, client, basis_name=recipe.group, group=group, progress=False)
     calibrate_confidence(calibration_store, report.results, out, basis_name=recipe.group, purity=recipe.purity)
+    calibrate_zerr(calibration_store, report.results, out, basis_name=recipe.group, z_edges=recipe.zerr_z_edges)
     return str(load_basis(out, recipe.group).attrs["basis_sha256"])
 
 
