@@ -1,1 +1,33 @@
-"""The I/O layer: readers (FITS/npz/HDF5 -> canonical Datasets) and the Zarr store. No scheduling here."""
+"""The I/O layer: readers (FITS/npz/HDF5 -> canonical Datasets) and the Zarr store. No scheduling here.
+
+The specutils bridge is re-exported here lazily (importing ``dzspec.io`` imports neither specutils nor xarray).
+
+Examples
+--------
+>>> import dzspec.io
+>>> dzspec.io.from_specutils.__module__
+'dzspec.io.specutils_bridge'
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "datasets_from_specutils": "dzspec.io.specutils_bridge",
+    "from_specutils": "dzspec.io.specutils_bridge",
+    "to_specutils": "dzspec.io.specutils_bridge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dzspec.io' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
