@@ -1,4 +1,5 @@
-"""Figures (matplotlib, imported lazily): simulation galleries, NMF and LAE engine figures."""
+"""Figures (matplotlib, imported lazily): simulation galleries, NMF and LAE engine figures; and the spectral
+inspector in the browser (:mod:`dzspec.viz.inspector`, a Bokeh server application)."""
 
 from __future__ import annotations
 
