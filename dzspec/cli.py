@@ -91,6 +91,33 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dzspec.errors import StoreError
+    from dzspec.io.export import primary_results, write_export
+
+    extra = {}
+    if args.model_spectra is not None or args.model_where is not None:
+        from dzspec.model_spectra import model_spectra, models_tables, parse_rows
+
+        paths = primary_results(args.store, args.group, args.results)
+        if len(paths) != 1:
+            raise StoreError(f"{args.store}: --model-spectra needs one spectra group (--group): the export holds "
+                             f"{sorted(paths)}")
+        rows = parse_rows(args.model_spectra) if args.model_spectra is not None else None
+        extra = models_tables(model_spectra(args.store, next(iter(paths.values())), rows, where=args.model_where))
+    if args.vi:
+        from astropy.table import Table
+
+        from dzspec.io.vi import load_inspections
+
+        columns = load_inspections(args.store, group=args.group)
+        extra["VI"] = Table({name.upper(): values for name, values in columns.items()}, meta={"EXTNAME": "VI"})
+    path = write_export(args.store, args.output, group=args.group, results=args.results, overwrite=args.overwrite,
+                        extra_tables=extra)
+    print(f"{args.store}: redshifts written to {path}" + (f" with {', '.join(extra)}" if extra else ""))
+    return 0
+
+
 def _cmd_run_kernel(args: argparse.Namespace) -> int:
     from dzspec.kernels import KERNELS
     from dzspec.parallel.runner import run_kernel
@@ -191,6 +218,25 @@ def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
           f"on the {report['calibration_spectra']} calibration spectra zwarn == 0 is "
           f"{report['calibration_purity']:.4f} right (without it {report['calibration_purity_without_confidence']:.4f})"
           f" and keeps {report['calibration_kept_of_known_z']:.3f} of those with a redshift")
+    return 0
+
+
+def _cmd_calibrate_zerr(args: argparse.Namespace) -> int:
+    from dzspec.parallel.confidence import calibrate_zerr
+
+    edges = tuple(float(e) for e in args.snr_edges.split(","))
+    z_edges = tuple(float(e) for e in args.z_edges.split(",") if e)
+    report = calibrate_zerr(args.store, args.results, args.basis, basis_name=args.name, snr=args.snr, edges=edges,
+                            z_edges=z_edges, save=not args.check)
+    if "zerr_scale" in report:
+        z_bounds = ["0", *(str(e) for e in report["zerr_z_edges"]), "inf"]
+        ranges = "; ".join(f"z {lo}-{hi}: scale {s:.4g}, floor {f:.3g}" for lo, hi, s, f in
+                           zip(z_bounds[:-1], z_bounds[1:], report["zerr_scale"], report["zerr_floor"], strict=True))
+        print(f"{args.basis}/bases/{args.name}: ZERR calibration {'checked' if args.check else 'stored'}: zerr = "
+              f"sqrt((scale sigma)^2 + (floor (1+z))^2) with {ranges}")
+    bounds = ["-inf", *args.snr_edges.split(","), "inf"]
+    for lo, hi, width, count in zip(bounds[:-1], bounds[1:], report["pull_widths"], report["counts"], strict=True):
+        print(f"{args.snr} {lo}-{hi}: {count} right redshifts, pull width (IQR/1.349) {width:.3f}")
     return 0
 
 
@@ -338,6 +384,16 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from dzspec.viz.inspector import serve_inspector
+
+    serve_inspector(args.store, group=args.group, results=args.results, who=args.who, where=args.where,
+                    port=args.port, address=args.address, show=args.show,
+                    allow_websocket_origin=args.allow_websocket_origin,
+                    announce=lambda url: print(f"dzspec inspect: {args.store} at {url} (Ctrl-C stops)", flush=True))
+    return 0
+
+
 def _cmd_formats(args: argparse.Namespace) -> int:
     from dzspec.io.registry import readers
 
@@ -418,6 +474,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="spectra groups, input files and results progress of a store")
     p.add_argument("store")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "export", help="write a store's redshifts as a Redrock-style FITS table, Parquet or CSV",
+        description="One row per input spectrum, in store order, with its RUN_STATUS (ok, not_run, failed). FITS: "
+        "REDSHIFTS (Redrock's columns and types, then dzspec's) and FIBERMAP HDUs with provenance keywords; "
+        "Parquet: one table, FIBERMAP columns joined; CSV: the same with vector columns flattened (COEFF_0 ...). "
+        "Rows without a result hold NaN, ZWARN NODATA and SPECTYPE ''. The chi2(z) curves are not exported. "
+        "See dzspec.io.export for every rule.")
+    p.add_argument("store", help="the Zarr store")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file; its suffix chooses the format: .fits, .fits.gz, .parquet or .csv")
+    p.add_argument("--group", help="spectra group, <grid> or spectra/<grid> (default: every group of the store, in "
+                   "one table with a GROUP column when there are several)")
+    p.add_argument("--results", nargs="+", metavar="R",
+                   help="results groups, by name under results/<grid>/ (nmf_zfind, madgics_lae) or full path: the "
+                   "first gives Z, ZWARN and Redrock's columns, the others follow with the prefix NMF_ or LAE_ "
+                   "(a group of another name: its name upper-cased) (default: nmf_zfind then madgics_lae, those "
+                   "present)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse)")
+    p.add_argument("--model-spectra", metavar="ROWS",
+                   help="also write the best-fit model of these rows of the primary results (all, start:stop, or "
+                   "3,5,8; all is opt-in): MODELS (ROW, TARGETID, MODEL, MODEL_NUISANCE or MODEL_SKY and MODEL_LAE "
+                   "on the spectra's own grid) and MODEL_WAVELENGTH tables; FITS HDUs, beside the output in "
+                   "Parquet/CSV (default: none)")
+    p.add_argument("--model-where", metavar="EXPR",
+                   help="model spectra of the rows (of --model-spectra, else all) where EXPR holds over the results' "
+                   "per-spectrum columns, e.g. 'zwarn == 0 and z > 3' (default: none)")
+    p.add_argument("--vi", action="store_true",
+                   help="also write the visual inspections of dzspec inspect (the store's vi group) as a VI table "
+                   "(default: no)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("run-kernel", help="run a block kernel over a store through the block runner")
     p.add_argument("store")
@@ -528,6 +615,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="purity of zwarn == 0 on the calibration half (default 0.995)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration split (default 0)")
     p.set_defaults(func=_cmd_calibrate_confidence)
+
+    p = sub.add_parser("calibrate-zerr", help="calibrate the NMF ZERR (the chi2 parabola's width) on a scanned "
+                                              "simulated store and store it with its basis, or --check it on another")
+    p.add_argument("store", help="a store with known redshifts (z_true and --snr), already scanned by zfind")
+    p.add_argument("--results", required=True, help="its zfind results group, e.g. results/<grid>/nmf_zfind")
+    p.add_argument("--basis", help="store holding the basis the scan used (bases/<name>); with --check, the pulls "
+                   "use its stored calibration instead of the scan's own zerr (default: none)")
+    p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
+    p.add_argument("--snr", default="snr_lines", help="the per-spectrum S/N to bin by (default: snr_lines)")
+    p.add_argument("--snr-edges", default="5,13,30", help="inner S/N bin edges (default: 5,13,30)")
+    p.add_argument("--z-edges", default="1.5,2.9",
+                   help="inner edges of the redshift ranges calibrated apart, by the measured z: optical lines, the "
+                   "rest-UV of the redshift desert, Lya (default: 1.5,2.9; '' for one range)")
+    p.add_argument("--check", action="store_true",
+                   help="store nothing: report the pull widths on a store the calibration did not see (default: "
+                   "calibrate and store)")
+    p.set_defaults(func=_cmd_calibrate_zerr)
 
     p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (ingest, simulate, zfind, lae, "
                                    "stats) in one TOML file")
@@ -664,6 +768,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install", action="store_true", help="with remake: replace the shipped model and its entry")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser(
+        "inspect", help="look at spectra with their fit and chi2(z) in the browser, and record visual inspections",
+        description="Serves a page (Bokeh server) that steps through the spectra of one spectra group with the fit "
+        "of one results group: flux with its 1-sigma band, the best-fit model (MADGICS: its sky-residual and LAE "
+        "components), rest-frame lines at z, chi2(z) or the LAE delta-chi2(z) with the candidates (recomputed with "
+        "the run's own model when the run did not store it). Filters: ZWARN, class and truth (when the store has "
+        "them), a score range, a z range, inspected or not. Keys: j/right next, k/left previous, 1-4, 0, 6 save "
+        "with that quality flag (MARZ QOP: 4 certain, 3 probable, 2 possible, 1 no redshift, 0 none, 6 star) and go "
+        "on, s save, c next candidate as z; a click on the chi2 plot takes the candidate there as z. Inspections "
+        "(flag, z override, comment, who, when) are saved in the store's vi/<grid>/<kernel> group "
+        "(dzspec.io.vi.load_inspections reads them).")
+    p.add_argument("store", help="the Zarr store")
+    p.add_argument("--group", help="spectra group, <grid> or spectra/<grid> (default: the results' input, or the "
+                   "store's only one)")
+    p.add_argument("--results", help="results group, by name under results/<grid>/ (nmf_zfind, madgics_lae) or full "
+                   "path (default: nmf_zfind, else madgics_lae, of the spectra group)")
+    p.add_argument("--where", metavar="EXPR", help="only rows for which this expression over the results' "
+                   "per-spectrum fields holds, e.g. \"zwarn == 0 and z > 3\" (default: every row)")
+    p.add_argument("--who", help="inspector name saved with each inspection (default: the login name)")
+    p.add_argument("--port", type=int, default=5006, help="TCP port of the page (default 5006; 0: a free port)")
+    p.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost; from a cluster, tunnel it with ssh -L)")
+    p.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
+                   help="further host the page may be opened from, with an --address other than localhost "
+                   "(repeatable; default: none)")
+    p.add_argument("--show", action=argparse.BooleanOptionalAction, default=True,
+                   help="open the page in the default browser (default: --show)")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("formats", help="list the registered readers")
     p.set_defaults(func=_cmd_formats)
