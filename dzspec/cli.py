@@ -1,5 +1,5 @@
-"""The ``dzspec`` command line: ingest, validate, status, run-kernel, simulate, train, select-rank, zfind, gallery,
-formats, demo.
+"""The ``dzspec`` command line, one subcommand per job (``dzspec --help`` lists them all; each has its own ``--help``
+with every option and its default).
 
 Imports are lazy so that ``dzspec --help`` answers at once; the CLI owns cluster creation (scripts that create
 clusters need a ``__main__`` guard, the console script has one).
@@ -224,7 +224,9 @@ def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
 def _cmd_calibrate_zerr(args: argparse.Namespace) -> int:
     from dzspec.parallel.confidence import calibrate_zerr
 
-    edges = tuple(float(e) for e in args.snr_edges.split(","))
+    if not args.check and not args.basis:
+        raise ValueError("calibrate-zerr stores the calibration with a basis: give --basis (or --check)")
+    edges = tuple(float(e) for e in args.snr_edges.split(",") if e)
     z_edges = tuple(float(e) for e in args.z_edges.split(",") if e)
     report = calibrate_zerr(args.store, args.results, args.basis, basis_name=args.name, snr=args.snr, edges=edges,
                             z_edges=z_edges, save=not args.check)
@@ -234,7 +236,7 @@ def _cmd_calibrate_zerr(args: argparse.Namespace) -> int:
                            zip(z_bounds[:-1], z_bounds[1:], report["zerr_scale"], report["zerr_floor"], strict=True))
         print(f"{args.basis}/bases/{args.name}: ZERR calibration {'checked' if args.check else 'stored'}: zerr = "
               f"sqrt((scale sigma)^2 + (floor (1+z))^2) with {ranges}")
-    bounds = ["-inf", *args.snr_edges.split(","), "inf"]
+    bounds = ["-inf", *(str(e) for e in edges), "inf"]
     for lo, hi, width, count in zip(bounds[:-1], bounds[1:], report["pull_widths"], report["counts"], strict=True):
         print(f"{args.snr} {lo}-{hi}: {count} right redshifts, pull width (IQR/1.349) {width:.3f}")
     return 0
@@ -467,12 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("validate", help="report what is wrong in a store, and where")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--structure-only", action="store_true", help="skip the chunk-by-chunk scan of values")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("status", help="spectra groups, input files and results progress of a store")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
@@ -507,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("run-kernel", help="run a block kernel over a store through the block runner")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--kernel", default="summary", choices=sorted(KERNELS), help="kernel (default: summary)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--results", help="results group path (default: results/<grid>/<kernel>)")
@@ -518,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run_kernel)
 
     p = sub.add_parser("simulate", help="simulate a MUSE-like or DESI-like survey with known truth into a store")
-    p.add_argument("--survey", choices=("muse", "desi"), required=True)
+    p.add_argument("--survey", choices=("muse", "desi"), required=True, help="which survey to simulate")
     p.add_argument("-n", "--n", type=int, required=True, help="number of spectra (targets)")
     p.add_argument("--store", required=True, help="the Zarr store (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="spectrum i depends only on (seed, survey, i)")
@@ -536,15 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="spectra store whose training rows have a finite z_true")
     p.add_argument("--out", required=True, help="store to write the basis into (bases/<name>)")
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
-    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--rank", type=int, default=10, help="number of basis vectors (default: 10, B26)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--grid", choices=("paper", "moose"), default="paper", help="rest-frame grid constants")
-    p.add_argument("--method", choices=("nearly", "shift"), default="nearly")
+    p.add_argument("--method", choices=("nearly", "shift"), default="nearly", help="nearly-NMF (default) or Shift-NMF "
+                   "(Green & Bailey 2024; about twice the iterations)")
     p.add_argument("--max-iter", type=int, default=1300, help="iterations per rank at most")
     p.add_argument("--tol", type=float, default=1e-3, help="stop when the relative chi2 decrease is below this")
     p.add_argument("--max-spectra", type=int, help="train on a random subset of this size")
     p.add_argument("--block-rows", type=int, default=256, help="spectra per worker-resident block")
-    p.add_argument("--seed", type=int, default=100921)
+    p.add_argument("--seed", type=int, default=100921, help="seed of the initial basis (default: 100921)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing basis of that name")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_train)
@@ -553,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="spectra store whose rows have a finite z_true")
     p.add_argument("--out", type=Path, required=True, help="folder for rank_selection.{zarr,csv,png}")
     p.add_argument("--ranks", default="6-13", help="ranks to compare, e.g. 6-13 (B26)")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--grid", choices=("paper", "moose"), default="paper", help="rest-frame grid constants")
     p.add_argument("--max-iter", type=int, default=1300, help="training iterations per rank at most")
@@ -564,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_select_rank)
 
     p = sub.add_parser("zfind", help="NMF redshifts of every spectrum of a store (exact fast chi2(z) scan)")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--basis", help="store holding the basis (bases/<name>); default: the shipped basis for the "
                                     "store's survey (dzspec models)")
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
@@ -597,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate-noise", help="measure a spectra group's per-wavelength excess scatter over its "
                                                "pipeline variance (sky-subtraction residuals) for zfind")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--name", default="noise", help="calibration name (default: noise, the one zfind's auto uses)")
     p.add_argument("--window", type=int, default=51, help="running-median width standing for the continuum (px)")
@@ -645,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("blends", help="NMF blend detection after zfind: rescan with the first galaxy's fit fixed "
                                       "(B26 4.4)")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--basis", required=True, help="store holding the basis zfind used (bases/<name>)")
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
@@ -668,9 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only rows of these sim_class values (simulated stores: lae lae_double_peak)")
     p.add_argument("--max-sky", type=int, help="at most this many sky spectra (random, --seed)")
     p.add_argument("--max-lae", type=int, help="at most this many LAE spectra (random, --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-sky/--max-lae subsets (default: 0)")
     p.add_argument("--out", required=True, help="store to write priors/<name> to (e.g. the survey store)")
-    p.add_argument("--name", default="lae")
+    p.add_argument("--name", default="lae", help="prior name, priors/<name> (default: lae)")
     p.add_argument("--rescale", choices=("fit", "paper"), default="fit",
                    help="flux rescaling y(l): refit to these sky spectra (default) or U25 Eq. 7 as printed")
     p.add_argument("--n-sky", type=int, default=50, help="sky eigenvectors (U25: 50)")
@@ -683,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_priors)
 
     p = sub.add_parser("lae", help="MADGICS Lya-emitter redshifts of every spectrum of a store (U25)")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--prior", help="store holding the priors (priors/<name>, from dzspec priors); default: the "
                                     "shipped DESI priors (dzspec models)")
     p.add_argument("--name", default="lae", help="prior name (default: lae)")
@@ -708,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lae)
 
     p = sub.add_parser("stats", help="survey statistics of a result group: GF/MAE by bins, purity, completeness, ROC")
-    p.add_argument("store")
+    p.add_argument("store", help="the Zarr store")
     p.add_argument("--results", required=True, help="result group, e.g. results/<grid>/nmf_zfind")
     p.add_argument("--by", nargs="*", default=[], metavar="COLUMN[:EDGES]",
                    help="GF/MAE binned by per-spectrum columns, e.g. z_true:0,1,3,7 snr_lines:0,3,5,7,10,inf mag_f775w")
@@ -742,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-max", type=int, default=15, help="subsets of 1..N exposures (U25: 15)")
     p.add_argument("--draws", type=int, default=10, help="bootstrap sets per n (U25: 10)")
     p.add_argument("--min-exposures", type=int, help="targets with fewer get NaN and a flag (default: --n-max)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the exposure draws (default: 0)")
     p.add_argument("--estimator", choices=("std", "iqr"), default="std", help="sigma_z of the draws (U25: std)")
     p.add_argument("--flux-column", default="flux_lya", help="line flux column of the coadds (Fig. 9 rows)")
     p.add_argument("--z-min", type=float, default=2.0, help="redshift of the first shift (U25: 2)")
@@ -754,14 +757,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convergence)
 
     p = sub.add_parser("gallery", help="figure of simulated spectra of each class beside real ones")
-    p.add_argument("--survey", choices=("muse", "desi"), required=True)
+    p.add_argument("--survey", choices=("muse", "desi"), required=True, help="which survey's gallery")
     p.add_argument("--out", required=True, help="PNG file")
     p.add_argument("--shared-data", help="folder of real spectra to show beside (e.g. ../shared/data)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated examples (default: 0)")
     p.set_defaults(func=_cmd_gallery)
 
     p = sub.add_parser("models", help="list the shipped default models, or remake one from its recipe")
-    p.add_argument("action", nargs="?", choices=("list", "remake"), default="list")
+    p.add_argument("action", nargs="?", choices=("list", "remake"), default="list",
+                   help="list the shipped models (default) or remake one")
     p.add_argument("name", nargs="?", help="with remake: the model (muse, desi_lae, desi_galaxy)")
     p.add_argument("--data", type=Path, help="with remake: the folder of real ingredients (shared/data)")
     p.add_argument("--work", type=Path, help="with remake: folder for the simulations and the new model")
@@ -805,9 +809,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="simulate and ingest spectra, train an NMF basis, measure redshifts, plot")
     p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument("--files", type=int, default=8, help="simulated input files")
-    p.add_argument("--spectra-per-file", type=int, default=500)
+    p.add_argument("--spectra-per-file", type=int, default=500, help="spectra per simulated file (default: 500)")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_demo)
+    for command in sub.choices.values():  # `dzspec CMD --help` opens with what the command does
+        command.description = command.description or next(
+            (a.help for a in sub._choices_actions if a.dest == command.prog.split()[-1]), None)
     return parser
 
 

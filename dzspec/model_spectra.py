@@ -11,12 +11,13 @@ parameters (checked by checksum), its noise calibration and its settings.
   chi-square (NMF) or Δχ² (MADGICS) curve over the trial redshifts and the model components: what the inspector
   draws.
 
-Both are eager over the rows they are given. Computing the models of a whole store is opt-in (``rows="all"``) and
-proceeds block by block.
+Both are eager over the rows they are given, and hold their models in memory (a MUSE model is 15 kB a component):
+computing the models of a whole store is opt-in (``rows="all"``), and for a large one should go a slice at a time.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -35,6 +36,8 @@ from dzspec.parallel.zfind import ZFIND, cached_basis, cached_sky_continuum, tri
 from dzspec.results_schema import REDSHIFT_DIM
 
 __all__ = ["model_spectra", "models_tables", "parse_rows", "rescan", "select_rows"]
+
+log = logging.getLogger(__name__)
 
 #: Rows per pass when a whole store's models are asked for.
 _BLOCK_ROWS = 1024
@@ -103,10 +106,10 @@ def _nmf_models(params: dict[str, Any], wavelength: np.ndarray, stored: xr.Datas
                      sky_continuum=_sky_on(params, wavelength))
 
 
-def _lae_scan(params: dict[str, Any], wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray
-              ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def _lae_scan(params: dict[str, Any], wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+              stored: xr.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """The LAE scan as ``dzspec lae`` ran it, with its curves and components: (native components, redshifts of the
-    coarse trials, Δχ² curves)."""
+    coarse trials, Δχ² curves); rows without a stored redshift get NaN components."""
     loaded = cached_prior(params["prior_store"], params["prior_name"], params["prior_sha256"])
     ivar = calibrated_ivar(ivar, noise_store=params["noise_store"], noise_group=params["noise_group"],
                            noise_name=params["noise_name"], noise_sha256=params["noise_sha256"])
@@ -120,7 +123,21 @@ def _lae_scan(params: dict[str, Any], wavelength: np.ndarray, flux: np.ndarray, 
     components = {f"model_{name}": log_grid_to_native(result.components[name] * scale, loaded.grid, window,  # type: ignore[index]
                                                       wavelength, per_log_lambda=False) for name in ("sky", "lae")}
     components["model"] = components["model_sky"] + components["model_lae"]
+    missing = ~np.isfinite(stored["z"].values)
+    for values in components.values():
+        values[missing] = np.nan
+    _check_same_z(result.z, stored["z"].values, missing)
     return components, loaded.prior.redshift_of(shifts), result.dchi2_curve  # type: ignore[return-value]
+
+
+def _check_same_z(scanned: np.ndarray, stored: np.ndarray, missing: np.ndarray) -> None:
+    """Warn where the scan again finds another redshift than the stored one. The kernels are deterministic, but a
+    batched FFT rounds differently for another block size, which can flip a near tie between two minima; the model
+    and curve shown are then those of the stored z's neighbour minimum, so say it."""
+    differ = ~missing & ~np.isclose(scanned, stored, rtol=0.0, atol=1e-9)
+    if differ.any():
+        log.warning("the rescan finds another redshift than the stored one for %d of %d rows (a near tie between "
+                    "minima, or the spectra or model changed)", int(differ.sum()), differ.size)
 
 
 def _dataset(stored: xr.Dataset, rows: np.ndarray, wavelength: np.ndarray, arrays: dict[str, np.ndarray],
@@ -161,14 +178,14 @@ def model_spectra(store: str | PathLike[str], results: str, rows: Rows | None = 
     """
     index = select_rows(store, results, rows, where=where)
     parts = []
-    for start in range(0, max(index.size, 1), _BLOCK_ROWS):
+    for start in range(0, max(index.size, 1), _BLOCK_ROWS):  # no rows: one empty pass, for the shapes
         chunk = index[start:start + _BLOCK_ROWS]
         attrs, wavelength, flux, ivar, stored = _read(store, results, chunk)
         params = dict(attrs["params"])
         if attrs["kernel"] == "nmf_zfind":
             arrays = _nmf_models(params, wavelength, stored)
         else:
-            arrays = _lae_scan(params, wavelength, flux, ivar)[0]
+            arrays = _lae_scan(params, wavelength, flux, ivar, stored)[0]
         parts.append(_dataset(stored, chunk, wavelength, arrays, attrs["kernel"]))
     return parts[0] if len(parts) == 1 else xr.concat(parts, dim="spectrum", data_vars="minimal", coords="minimal")
 
@@ -191,8 +208,8 @@ def rescan(store: str | PathLike[str], results: str, rows: Rows, *, group: str |
         The stored results of the rows (coordinate ``row``), ``flux`` and ``ivar`` as stored, ``zchi2`` (spectrum x
         redshift, with the trial redshifts as coordinate ``redshift``): chi2 over every trial for NMF, the coarse
         Δχ² of the LAE component for MADGICS (attribute ``quantity`` says which), and the model components of
-        :func:`model_spectra`. The recomputed best trial equals the stored ``z`` (the kernels are deterministic):
-        the rescan checks it and raises if the inputs or the model changed.
+        :func:`model_spectra`. The recomputed best redshift equals the stored ``z`` (the kernels are deterministic;
+        the spectra's identity is checked first); where a near tie between minima flips, a warning is logged.
     """
     index = select_rows(store, results, rows)
     attrs, wavelength, flux, ivar, stored = _read(store, results, index)
@@ -200,23 +217,21 @@ def rescan(store: str | PathLike[str], results: str, rows: Rows, *, group: str |
         raise StoreError(f"{store}/{results} was computed on {attrs['input_group']}, not on {group}")
     params = dict(attrs["params"])
     if attrs["kernel"] == "nmf_zfind":
-        scanned = ZFIND.func(wavelength, flux, ivar, **{**params, "store_chi2": True, "chi2_decimate": 1})
+        # today's defaults under the run's own parameters: a run from before a parameter existed rescans too
+        scanned = ZFIND.func(wavelength, flux, ivar, **{**ZFIND.defaults, **params, "store_chi2": True,
+                                                        "chi2_decimate": 1})
         grid = cached_basis(params["basis_store"], params["basis_name"], params["basis_sha256"]).grid
         # the redshifts the scan evaluated: the nominal trials quantised to the basis grid, as the stored z is
         redshift = grid.redshift_of(grid.shift_of(trial_redshifts(float(params["z_min"]), float(params["z_max"]),
                                                                  float(params["dz"]))))
         curve, quantity = scanned["zchi2"], "chi2"
         arrays = _nmf_models(params, wavelength, stored)
-        same = np.array_equal(scanned["z"], stored["z"].values, equal_nan=True)
+        _check_same_z(scanned["z"], stored["z"].values, ~np.isfinite(stored["z"].values))
     elif attrs["kernel"] == "madgics_lae":
-        arrays, redshift, curve = _lae_scan(params, wavelength, flux, ivar)
+        arrays, redshift, curve = _lae_scan(params, wavelength, flux, ivar, stored)
         quantity = "dchi2"
-        same = True  # the fine z depends on the same scan: its arrays are compared by the tests
     else:
         raise ValueError(f"{store}/{results}: no rescan for kernel {attrs['kernel']!r}")
-    if not same:
-        raise StoreError(f"{store}/{results}: rescanning rows {index.tolist()[:5]} gives other redshifts than the "
-                         "stored ones: the spectra, the model or dzspec changed since the run")
     out = _dataset(stored, index, wavelength, arrays, attrs["kernel"])
     out["flux"] = (("spectrum", "wavelength"), np.asarray(flux), {"units": "1e-17 erg s-1 cm-2 Angstrom-1"})
     out["ivar"] = (("spectrum", "wavelength"), np.asarray(ivar), {"units": "1e34 erg-2 s2 cm4 Angstrom2"})

@@ -48,6 +48,7 @@ __all__ = [
     "ResultField",
     "ZNote",
     "ZWarn",
+    "best_redshift_name",
     "output_specs",
     "upgrade_names",
 ]
@@ -237,6 +238,18 @@ RENAMES: dict[str, dict[str, tuple[str, str | None]]] = {
     },
 }
 _OLD_DIMS = {"trial": REDSHIFT_DIM}
+
+
+def best_redshift_name(names: Iterable[str]) -> str:
+    """The variable holding a results group's best redshift: the NMF ``z_refined`` where the scan refined (the one
+    ``zerr`` belongs to, and the export's Z), else ``z``.
+
+    Examples
+    --------
+    >>> best_redshift_name(["z", "z_refined", "zerr"]), best_redshift_name(["z", "zerr"])
+    ('z_refined', 'z')
+    """
+    return "z_refined" if "z_refined" in set(names) else "z"
 
 
 def output_specs(engine: str, names: Iterable[str], sizes: Mapping[str, int] | None = None,

@@ -91,7 +91,7 @@ from astropy.table import Column, Table
 from dzspec._version import __version__
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.results_schema import ENGINES, FIELDS, REDSHIFT_DIM, LAEWarn, ZWarn
+from dzspec.results_schema import ENGINES, FIELDS, REDSHIFT_DIM, LAEWarn, ZWarn, best_redshift_name
 from dzspec.schema import RUN_STATUS
 
 __all__ = ["REDROCK_COLUMNS", "ExportFormat", "export_format", "fibermap_table", "redshift_table", "write_export"]
@@ -427,7 +427,7 @@ def _results_columns(ds: xr.Dataset, source: _Source, n: int) -> dict[str, _Colu
     columns: dict[str, _Column] = {}
     fields = [f for f in FIELDS.values() if f.name in ds and f.dim != REDSHIFT_DIM]
     if not source.prefix:
-        refined = "z_refined" in ds  # NMF: Z is the sub-pixel redshift, ZERR's; the trial one follows as Z_TRIAL
+        refined = best_redshift_name(ds.data_vars) != "z"  # NMF: Z is the sub-pixel z, ZERR's; the trial: Z_TRIAL
         has_z = ok & np.isfinite(np.asarray(ds["z"].values, np.float64))
         labels = {"SPECTYPE": engine.spectype, "FITMETHOD": engine.fitmethod, "SUBTYPE": ""}
         for name, dtype in list(REDROCK_COLUMNS.items())[1:]:

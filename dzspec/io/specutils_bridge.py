@@ -62,7 +62,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -73,6 +72,7 @@ import numpy as np
 import xarray as xr
 
 from dzspec.io import store as zstore
+from dzspec.io.bases import array_sha256
 from dzspec.io.generic import grid_attrs, medium_from_text
 from dzspec.kernels.airvac import air_to_vacuum
 from dzspec.schema import (
@@ -449,20 +449,11 @@ def _block(obj: Any, kind: Any, row: int, *, medium: Medium, survey: str | None,
         wave, flux, ivar, bits = wave[order], flux[:, order], ivar[:, order], bits[:, order]
     coords = _meta_coords(meta, flux.shape[0], row, total)
     own = meta.get(META_KEY)
-    if isinstance(own, Mapping) and own.get("grid_name") and own.get("wavelength_sha256") == _sha256(wave):
+    if isinstance(own, Mapping) and own.get("grid_name") and own.get("wavelength_sha256") == array_sha256(wave):
         grid_name = str(own["grid_name"])
     constant = bool(np.all(factor == factor[0]))
     return _Block(wave, flux, ivar, bits, coords, grid_name, medium_used, assumed, unit.to_string(),
                   float(factor[0]) if constant else float("nan"), uncertainty is None, survey)
-
-
-def _sha256(*arrays: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def datasets_from_specutils(
@@ -594,7 +585,7 @@ def _dataset(grid_name: str, members: list[_Block], source: str) -> xr.Dataset:
 def _content_sha256(ds: xr.Dataset) -> str:
     """Identity of a Dataset's spectra (the manifest's sha256 of an in-memory input): grid, pixels, coordinates."""
     names = ["wavelength", "flux", "ivar", "mask", *sorted(n for n in ds.coords if ds[n].dims == ("spectrum",))]
-    return _sha256(*(ds[name].values for name in names))
+    return array_sha256(*(ds[name].values for name in names))
 
 
 def from_specutils(
@@ -739,7 +730,7 @@ def to_specutils(
     meta: dict[str, Any] = {name: read(name) for name in names}
     meta[MASK_META_KEY] = bits
     meta[META_KEY] = {"store": str(store), "group": path, "rows": index, "grid_name": path.removeprefix("spectra/"),
-                      "medium": "vacuum", "wavelength_sha256": _sha256(wave), "coords": names,
+                      "medium": "vacuum", "wavelength_sha256": array_sha256(wave), "coords": names,
                       "flux_unit": FLUX_UNIT}
     mask = (bits & ~np.uint32(SpecMask.CAMERA_OVERLAP)) != 0
     return spectrum_class()(flux=flux * unit, spectral_axis=wave * u.AA,

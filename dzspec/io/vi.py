@@ -70,6 +70,7 @@ import zarr
 from dzspec._version import __version__
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
+from dzspec.results_schema import best_redshift_name
 
 __all__ = [
     "VI_COLUMNS",
@@ -235,7 +236,8 @@ def save_inspection(store: str | PathLike[str], *, results: str, row: int, flag:
         raise ValueError(f"{store}/{results}: row {row} outside 0..{n - 1}")
     row = int(row)
     if z_results is None:
-        z_results = float(source["z"][row]) if "z" in source else math.nan
+        best = best_redshift_name(name for name, _ in source.arrays())  # z_refined for NMF, as the export's Z
+        z_results = float(source[best][row]) if best in source else math.nan
     record = {"flag": int(flag), "z_override": z_override, "z_results": float(z_results), "comment": str(comment),
               "who": who or default_inspector(), "when": when or _now()}
     path = vi_path(results)

@@ -99,7 +99,10 @@ def log_grid_to_native(values: np.ndarray, grid: LogGrid, window: tuple[int, int
     if per_log_lambda:
         values = values / (_LN10 * 10.0**loglam)
     x = np.log10(np.asarray(wavelength, np.float64))
-    return np.stack([np.interp(x, loglam, row, left=np.nan, right=np.nan) for row in values])
+    out = np.empty((values.shape[0], x.size))
+    for row, curve in enumerate(values):
+        out[row] = np.interp(x, loglam, curve, left=np.nan, right=np.nan)
+    return out
 
 
 def nmf_model(wavelength: np.ndarray, basis: np.ndarray, grid: LogGrid, z: np.ndarray, coeff: np.ndarray,

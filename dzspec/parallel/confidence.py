@@ -136,11 +136,15 @@ def calibrate_zerr(store: str | PathLike[str], results: str, basis_store: str | 
         save_zerr_calibration(basis_store, basis_name, {**fit.as_attrs(), "source": f"{store}/{results}"})
         zerr = apply_zerr_calibration(sigma, z, fit.scale, fit.floor, fit.z_edges)
     elif basis_store is not None:
-        stored = load_basis(basis_store, basis_name).attrs.get("zerr_calibration")
+        basis = load_basis(basis_store, basis_name)
+        if params.get("basis_sha256") != basis.attrs["basis_sha256"]:
+            raise ValueError(f"{store}/{results} was scanned with another basis than {basis_store}/bases/{basis_name}")
+        stored = basis.attrs.get("zerr_calibration")
         if stored is None:
             raise ValueError(f"{basis_store}/bases/{basis_name} has no ZERR calibration to check")
         report.update({key: stored[key] for key in ("zerr_scale", "zerr_floor", "zerr_z_edges")})
         zerr = apply_zerr_calibration(sigma, z, stored["zerr_scale"], stored["zerr_floor"], stored["zerr_z_edges"])
+    right &= np.isfinite(snr_values)  # as the fit: a spectrum without an S/N is in no bin
     bins = np.searchsorted(np.asarray(edges), snr_values[right], side="right")
     widths, counts = pull_widths(z[right], z_true[right], zerr[right], bins, len(edges) + 1)
     report.update({"pull_widths": widths.tolist(), "counts": counts.tolist()})

@@ -176,9 +176,11 @@ def zfind_params(basis_store: str | PathLike[str], basis_name: str = "nmf", para
     if model is not None:
         ConfidenceModel.from_attrs(model)  # refuse one made for other features before any work starts
         params["confidence_sha256"] = model["sha256"]
-    for key, value in basis.attrs.get("zerr_calibration", {}).items():
-        if key in ("zerr_scale", "zerr_floor", "zerr_z_edges"):
-            params.setdefault(key, [float(v) for v in np.atleast_1d(value)])
+    # the three ZERR numbers come from one source: the caller's (the rest from the defaults) or else the basis's
+    zerr_keys = ("zerr_scale", "zerr_floor", "zerr_z_edges")
+    source = params if any(key in params for key in zerr_keys) else basis.attrs.get("zerr_calibration", {})
+    for key in zerr_keys:
+        params[key] = [float(v) for v in np.atleast_1d(source.get(key, ZFIND.defaults[key]))]
     return {**params, "basis_store": basis_store, "basis_name": basis_name,
             "basis_sha256": basis.attrs["basis_sha256"], "rank": basis.rank}
 

@@ -44,7 +44,7 @@ from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io import vi as zvi
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, EMISSION_LINES
-from dzspec.results_schema import ENGINES
+from dzspec.results_schema import ENGINES, best_redshift_name
 
 __all__ = ["LINES", "Inspector", "inspector_server", "make_document", "resolve_inspection", "serve_inspector"]
 
@@ -250,7 +250,7 @@ class Inspector:
         self._results = zstore.open_results(store, self.results)
         self.nspectrum = int(self._results.sizes["spectrum"])
         self._columns: dict[str, np.ndarray] = {}
-        self.z = self._column("z")
+        self.z = self._column(best_redshift_name(self._results.data_vars))  # z_refined for NMF: ZERR's, export's Z
         self.zwarn = self._column("zwarn", fill=0).astype(np.int64)
         self.targetid = np.asarray(self._spectra["targetid"][:]) if "targetid" in self._spectra else \
             self._column("targetid", fill=-1)
