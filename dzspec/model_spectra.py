@@ -28,10 +28,8 @@ from astropy.table import Table
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.kernels.madgics import scan_lae
 from dzspec.kernels.model_spectra import log_grid_to_native, nmf_model
-from dzspec.parallel.lae import cached_prior
-from dzspec.parallel.noise_calibration import calibrated_ivar
+from dzspec.parallel.lae import LAE_SCAN, scan_as_run
 from dzspec.parallel.zfind import ZFIND, cached_basis, cached_sky_continuum, trial_redshifts
 from dzspec.results_schema import REDSHIFT_DIM
 
@@ -110,14 +108,9 @@ def _lae_scan(params: dict[str, Any], wavelength: np.ndarray, flux: np.ndarray, 
               stored: xr.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """The LAE scan as ``dzspec lae`` ran it, with its curves and components: (native components, redshifts of the
     coarse trials, Δχ² curves); rows without a stored redshift get NaN components."""
-    loaded = cached_prior(params["prior_store"], params["prior_name"], params["prior_sha256"])
-    ivar = calibrated_ivar(ivar, noise_store=params["noise_store"], noise_group=params["noise_group"],
-                           noise_name=params["noise_name"], noise_sha256=params["noise_sha256"])
-    grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
+    loaded, _, result = scan_as_run(wavelength, flux, ivar, **{**LAE_SCAN.defaults, **params}, return_curve=True,
+                                    return_components=True)
     shifts = loaded.prior.coarse_shifts(float(params["z_min"]), int(params["n_shifts"]))
-    result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=shifts,
-                      fine_half_width=float(params["fine_half_width"]), calibration=float(params["calibration"]),
-                      exclusion=int(params["exclusion"]), return_curve=True, return_components=True)
     scale = np.sqrt(10.0 ** loaded.rescale_y)  # undo U25's rescaling: back to the store's flux unit
     window = (0, loaded.grid.size)
     components = {f"model_{name}": log_grid_to_native(result.components[name] * scale, loaded.grid, window,  # type: ignore[index]

@@ -35,7 +35,7 @@ from dzspec.io.priors import LoadedPrior, load_lae_prior, save_lae_prior
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.lae_injection import lae_template
 from dzspec.kernels.lae_interlopers import LOWZ_HYPOTHESES, interloper_tests
-from dzspec.kernels.madgics import LAEPrior, lae_line_flux, scan_lae, sky_component
+from dzspec.kernels.madgics import LAEPrior, LAEScan, lae_line_flux, scan_lae, sky_component
 from dzspec.kernels.madgics_priors import (
     LAE_GRID,
     LAE_WINDOW,
@@ -56,7 +56,7 @@ from dzspec.parallel.noise_calibration import NOISE_PARAMS, calibrated_ivar, noi
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, LAEWarn, output_specs
 
-__all__ = ["LAE_SCAN", "build_lae_prior", "lae_params", "prior_rows", "run_lae"]
+__all__ = ["LAE_SCAN", "build_lae_prior", "lae_params", "prior_rows", "run_lae", "scan_as_run"]
 
 log = logging.getLogger(__name__)
 
@@ -260,17 +260,34 @@ def cached_prior(path: str, name: str, sha256: str) -> LoadedPrior:
     return loaded
 
 
-def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
-                    prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
-                    calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
-                    lowz_max: float, line_snr_min: float, dchi2_min: float, noise_store: str, noise_group: str,
-                    noise_name: str, noise_sha256: str) -> dict[str, np.ndarray]:
+def scan_as_run(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
+                prior_sha256: str, z_min: float, n_shifts: int, fine_half_width: float, calibration: float,
+                exclusion: int, noise_store: str, noise_group: str, noise_name: str, noise_sha256: str,
+                return_curve: bool = False, return_components: bool = False, **_: Any
+                ) -> tuple[LoadedPrior, np.ndarray, LAEScan]:
+    """The MADGICS scan of native spectra as ``dzspec lae`` runs it with these parameters (a run's ``params``; the
+    interloper cuts among them are ignored): the prior (cached per process), the calibrated ivar and the scan, with
+    its curves and components when asked for (:func:`dzspec.model_spectra.rescan`)."""
     loaded = cached_prior(prior_store, prior_name, prior_sha256)
     ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
                            noise_sha256=noise_sha256)
     grid_flux, grid_ivar = loaded.to_grid(wavelength, flux, ivar)
     result = scan_lae(grid_flux, grid_ivar, loaded.prior, shifts=loaded.prior.coarse_shifts(z_min, n_shifts),
-                      fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion)
+                      fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion,
+                      return_curve=return_curve, return_components=return_components)
+    return loaded, ivar, result
+
+
+def _lae_scan_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, prior_store: str, prior_name: str,
+                    prior_sha256: str, n_lae: int, z_min: float, n_shifts: int, fine_half_width: float,
+                    calibration: float, exclusion: int, ew_min: float, continuum_snr: float,
+                    lowz_max: float, line_snr_min: float, dchi2_min: float, noise_store: str, noise_group: str,
+                    noise_name: str, noise_sha256: str) -> dict[str, np.ndarray]:
+    loaded, ivar, result = scan_as_run(wavelength, flux, ivar, prior_store=prior_store, prior_name=prior_name,
+                                       prior_sha256=prior_sha256, z_min=z_min, n_shifts=n_shifts,
+                                       fine_half_width=fine_half_width, calibration=calibration, exclusion=exclusion,
+                                       noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
+                                       noise_sha256=noise_sha256)
     grid_wavelength = loaded.grid.wavelength()
     line_flux = lae_line_flux(loaded.prior, result.z, result.lae_amplitude, np.sqrt(10.0**loaded.rescale_y),
                               grid_wavelength * np.log(10) * loaded.grid.step)
