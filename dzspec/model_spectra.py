@@ -11,8 +11,9 @@ parameters (checked by checksum), its noise calibration and its settings.
   chi-square (NMF) or Δχ² (MADGICS) curve over the trial redshifts and the model components: what the inspector
   draws.
 
-Both are eager over the rows they are given, and hold their models in memory (a MUSE model is 15 kB a component):
-computing the models of a whole store is opt-in (``rows="all"``), and for a large one should go a slice at a time.
+Both compute in this process. :func:`model_spectra` is eager by default (a MUSE model is 15 kB a component) and lazy
+on request (``lazy=True``: dask arrays, one chunk of rows computed at a time); computing the models of a whole store
+is opt-in (``rows="all"``).
 """
 
 from __future__ import annotations
@@ -146,13 +147,23 @@ def _dataset(stored: xr.Dataset, rows: np.ndarray, wavelength: np.ndarray, array
         "model_lae": "posterior mean LAE component (MADGICS)",
     }
     for name, values in arrays.items():
-        out[name] = (("spectrum", "wavelength"), values.astype(np.float32),
-                     {"units": unit, "description": descriptions[name]})
+        out[name] = (("spectrum", "wavelength"), values, {"units": unit, "description": descriptions[name]})
     return out
 
 
+def _models_of(store: str | PathLike[str], results: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The model components of some rows (float32, spectrum x wavelength)."""
+    attrs, wavelength, flux, ivar, stored = _read(store, results, rows)
+    params = dict(attrs["params"])
+    if attrs["kernel"] == "nmf_zfind":
+        arrays = _nmf_models(params, wavelength, stored)
+    else:
+        arrays = _lae_scan(params, wavelength, flux, ivar, stored)[0]
+    return {name: values.astype(np.float32) for name, values in arrays.items()}
+
+
 def model_spectra(store: str | PathLike[str], results: str, rows: Rows | None = None, *,
-                  where: str | None = None) -> xr.Dataset:
+                  where: str | None = None, lazy: bool = False, block_rows: int = _BLOCK_ROWS) -> xr.Dataset:
     """Best-fit models of chosen rows of a results group, on the spectra's own wavelength grid.
 
     Parameters
@@ -161,6 +172,10 @@ def model_spectra(store: str | PathLike[str], results: str, rows: Rows | None = 
         The store and its results group (``results/<grid>/nmf_zfind`` or ``.../madgics_lae``).
     rows, where
         Which rows (:func:`select_rows`); one of them is needed: all rows only when asked (``rows="all"``).
+    lazy
+        Return dask-backed models, chunked by ``block_rows`` rows, each chunk computed only when asked for (one
+        pass per chunk for all components): ``model_spectra(store, results, "all", lazy=True)`` opens the models
+        of a whole store and ``.isel(spectrum=...)`` or ``.to_zarr`` computes what is needed.
 
     Returns
     -------
@@ -170,17 +185,21 @@ def model_spectra(store: str | PathLike[str], results: str, rows: Rows | None = 
         ``model_sky`` and ``model_lae``. Rows without a result (NaN z) have NaN models.
     """
     index = select_rows(store, results, rows, where=where)
-    parts = []
-    for start in range(0, max(index.size, 1), _BLOCK_ROWS):  # no rows: one empty pass, for the shapes
-        chunk = index[start:start + _BLOCK_ROWS]
-        attrs, wavelength, flux, ivar, stored = _read(store, results, chunk)
-        params = dict(attrs["params"])
-        if attrs["kernel"] == "nmf_zfind":
-            arrays = _nmf_models(params, wavelength, stored)
-        else:
-            arrays = _lae_scan(params, wavelength, flux, ivar, stored)[0]
-        parts.append(_dataset(stored, chunk, wavelength, arrays, attrs["kernel"]))
-    return parts[0] if len(parts) == 1 else xr.concat(parts, dim="spectrum", data_vars="minimal", coords="minimal")
+    blocks = [index[start:start + block_rows] for start in range(0, index.size, block_rows)]
+    kernel = str(zstore.open_root(store)[results].attrs["kernel"])
+    names = ("model", "model_nuisance") if kernel == "nmf_zfind" else ("model", "model_sky", "model_lae")
+    stored = zstore.open_results(store, results).isel(spectrum=index)
+    wavelength = zstore.open_root(store)[str(stored.attrs["input_group"])]["wavelength"][:]
+    if lazy:
+        from dzspec.parallel.lazy import from_row_blocks
+
+        arrays = from_row_blocks(lambda rows: _models_of(store, results, rows), blocks,
+                                 dict.fromkeys(names, wavelength.size), "float32")
+    else:
+        parts = [_models_of(store, results, rows) for rows in blocks]
+        arrays = {name: np.concatenate([part[name] for part in parts]) if parts
+                  else np.zeros((0, wavelength.size), np.float32) for name in names}
+    return _dataset(stored if lazy else stored.load(), index, wavelength, arrays, kernel)
 
 
 def rescan(store: str | PathLike[str], results: str, rows: Rows, *, group: str | None = None) -> xr.Dataset:
@@ -225,7 +244,7 @@ def rescan(store: str | PathLike[str], results: str, rows: Rows, *, group: str |
         quantity = "dchi2"
     else:
         raise ValueError(f"{store}/{results}: no rescan for kernel {attrs['kernel']!r}")
-    out = _dataset(stored, index, wavelength, arrays, attrs["kernel"])
+    out = _dataset(stored, index, wavelength, {k: v.astype(np.float32) for k, v in arrays.items()}, attrs["kernel"])
     out["flux"] = (("spectrum", "wavelength"), np.asarray(flux), {"units": "1e-17 erg s-1 cm-2 Angstrom-1"})
     out["ivar"] = (("spectrum", "wavelength"), np.asarray(ivar), {"units": "1e34 erg-2 s2 cm4 Angstrom2"})
     out = out.assign_coords({REDSHIFT_DIM: (REDSHIFT_DIM, np.asarray(redshift, np.float64))})

@@ -161,3 +161,20 @@ def test_results_from_before_a_parameter_existed_still_rescan(nmf_results):
     stored = zstore.open_results(store, results).compute()
     best = out.redshift.values[np.nanargmin(out.zchi2.values, axis=1)]
     np.testing.assert_allclose(best, stored.z.values[:2], atol=1e-9)
+
+
+def test_lazy_models_equal_the_eager_ones_and_compute_only_what_is_asked(nmf_results, monkeypatch):
+    import dzspec.model_spectra as ms
+
+    store, results, *_ = nmf_results
+    eager = model_spectra(store, results, "all")
+    calls = []
+    models_of = ms._models_of
+    monkeypatch.setattr(ms, "_models_of", lambda *a: calls.append(a[2].tolist()) or models_of(*a))
+    lazy = model_spectra(store, results, "all", lazy=True, block_rows=8)
+    assert lazy.model.chunks[0] == (8, 8, 8, 6) and calls == []  # nothing computed yet
+    # in this thread (a cluster's workers would get a copy of `calls`)
+    np.testing.assert_array_equal(lazy.model[9:11].compute(scheduler="synchronous"), eager.model.values[9:11])
+    assert calls == [list(range(8, 16))]  # one chunk computed
+    np.testing.assert_array_equal(lazy.model_nuisance.values, eager.model_nuisance.values)
+    np.testing.assert_array_equal(lazy.z.values, eager.z.values)
