@@ -46,7 +46,8 @@ def test_the_calibration_recovers_pull_widths_of_one(scale, floor, seed):
     z = z_true + rng.normal(0, apply_zerr_calibration(sigma, z_true, scale, floor))
     cal = fit_zerr_calibration(z, z_true, sigma, 1e-2 / sigma, edges=(30.0, 100.0, 300.0), z_edges=())
     assert np.all(np.abs(np.array(cal.widths) - 1) < 0.12), cal
-    assert abs(cal.scale[0] / scale - 1) < 0.15
+    if floor == 0.0:  # with a floor, scale and floor trade off in the bins both matter in: only widths are defined
+        assert abs(cal.scale[0] / scale - 1) < 0.15
 
 
 def test_redshift_ranges_are_calibrated_apart():
