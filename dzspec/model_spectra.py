@@ -31,7 +31,7 @@ from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.model_spectra import log_grid_to_native, nmf_model
 from dzspec.parallel.lae import LAE_SCAN, scan_as_run
-from dzspec.parallel.zfind import ZFIND, cached_basis, cached_sky_continuum, trial_redshifts
+from dzspec.parallel.zfind import ZFIND, cached_basis, sky_continuum_on, trial_redshifts
 from dzspec.results_schema import REDSHIFT_DIM
 
 __all__ = ["model_spectra", "models_tables", "parse_rows", "rescan", "select_rows"]
@@ -91,18 +91,12 @@ def _read(store: str | PathLike[str], results: str, rows: np.ndarray
     return attrs, wavelength, flux, ivar, stored
 
 
-def _sky_on(params: dict[str, Any], wavelength: np.ndarray) -> np.ndarray | None:
-    if not params.get("sky_sha256"):
-        return None
-    sky_wave, sky = cached_sky_continuum(params["basis_store"], params["basis_name"], params["sky_sha256"])
-    return np.interp(wavelength, sky_wave, sky, left=np.nan, right=np.nan)
-
-
 def _nmf_models(params: dict[str, Any], wavelength: np.ndarray, stored: xr.Dataset) -> dict[str, np.ndarray]:
     basis = cached_basis(params["basis_store"], params["basis_name"], params["basis_sha256"])
     nuisance = stored["nuisance_coeff"].values if "nuisance_coeff" in stored else None
     return nmf_model(wavelength, basis.basis, basis.grid, stored["z"].values, stored["coeff"].values, nuisance,
-                     sky_continuum=_sky_on(params, wavelength))
+                     sky_continuum=sky_continuum_on(wavelength, params["basis_store"], params["basis_name"],
+                                                    params.get("sky_sha256", "")))
 
 
 def _lae_scan(params: dict[str, Any], wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.optimize
 
+from dzspec.kernels.lae_injection import robust_sigma
+
 __all__ = ["ZerrCalibration", "apply_zerr_calibration", "fit_zerr_calibration", "pull_widths"]
 
-#: IQR of a unit normal.
-_IQR_NORMAL = 1.3489795003921634
 
 
 def apply_zerr_calibration(sigma: np.ndarray, z: np.ndarray, scale: float | Sequence[float],
@@ -62,8 +62,7 @@ def pull_widths(z: np.ndarray, z_true: np.ndarray, zerr: np.ndarray, bin_index: 
         values = pulls[(bin_index == b) & np.isfinite(pulls)]
         counts[b] = values.size
         if values.size >= 2:
-            q1, q3 = np.percentile(values, [25, 75])
-            widths[b] = (q3 - q1) / _IQR_NORMAL
+            widths[b] = robust_sigma(values)
     return widths, counts
 
 

@@ -29,8 +29,18 @@ from dzspec.parallel.noise_calibration import NOISE_PARAMS, calibrated_ivar, noi
 from dzspec.parallel.runner import RunReport, run_kernel
 from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, ZNote, output_specs
 
-__all__ = ["ZFIND", "cached_basis", "cached_prepared", "cached_sky_continuum", "finalize_flags", "finalize_zfind",
-           "run_zfind", "trial_redshifts", "zfind_params"]
+__all__ = [
+    "ZFIND",
+    "cached_basis",
+    "cached_prepared",
+    "cached_sky_continuum",
+    "finalize_flags",
+    "finalize_zfind",
+    "run_zfind",
+    "sky_continuum_on",
+    "trial_redshifts",
+    "zfind_params",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,15 @@ def cached_sky_continuum(path: str, name: str, sha256: str) -> tuple[np.ndarray,
     return sky
 
 
+def sky_continuum_on(wavelength: np.ndarray, basis_store: str, basis_name: str, sky_sha256: str) -> np.ndarray | None:
+    """The basis's sky continuum interpolated onto ``wavelength`` (NaN beyond its range), as the scan fits it; None
+    for a scan without the sky term (``sky_sha256`` empty)."""
+    if not sky_sha256:
+        return None
+    sky_wave, sky_values = cached_sky_continuum(basis_store, basis_name, sky_sha256)
+    return np.interp(wavelength, sky_wave, sky_values, left=np.nan, right=np.nan)
+
+
 def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, basis_store: str, basis_name: str,
                  basis_sha256: str, rank: int, z_min: float, z_max: float, dz: float, weighting: str,
                  support_floor: float, n_candidates: int, refine: bool, store_chi2: bool,
@@ -66,10 +85,7 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
                  noise_name: str, noise_sha256: str, confidence_sha256: str, zerr_scale: list[float],
                  zerr_floor: list[float], zerr_z_edges: list[float]) -> dict[str, np.ndarray]:
     basis = cached_basis(basis_store, basis_name, basis_sha256)
-    sky = None
-    if sky_sha256:
-        sky_wave, sky_values = cached_sky_continuum(basis_store, basis_name, sky_sha256)
-        sky = np.interp(wavelength, sky_wave, sky_values, left=np.nan, right=np.nan)
+    sky = sky_continuum_on(wavelength, basis_store, basis_name, sky_sha256)
     ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
                            noise_sha256=noise_sha256)
     _, n_obs = observed_window(wavelength, basis.grid)

@@ -44,6 +44,7 @@ from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io import vi as zvi
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, EMISSION_LINES
+from dzspec.parallel.confidence import right_redshifts
 from dzspec.results_schema import ENGINES, best_redshift_name
 
 __all__ = ["LINES", "Inspector", "inspector_server", "make_document", "resolve_inspection", "serve_inspector"]
@@ -610,7 +611,7 @@ class Inspector:
         truth = self.truth_select.value
         if truth != "any":
             with np.errstate(invalid="ignore"):
-                right = np.abs(self.z - self.z_true) < TRUTH_TOL * (1 + self.z_true)
+                right = right_redshifts(self.z, self.z_true, TRUTH_TOL)
             keep &= right if truth == "right" else (~right & np.isfinite(self.z_true))
         if self.class_name is not None and self.class_choice.value:
             codes = [int(self._class_values[self.class_labels.index(c)]) for c in self.class_choice.value]
