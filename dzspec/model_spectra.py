@@ -180,10 +180,11 @@ def model_spectra(store: str | PathLike[str], results: str, rows: Rows | None = 
     """
     index = select_rows(store, results, rows, where=where)
     blocks = [index[start:start + block_rows] for start in range(0, index.size, block_rows)]
-    kernel = str(zstore.open_root(store)[results].attrs["kernel"])
+    root = zstore.open_root(store)
+    kernel = str(root[results].attrs["kernel"])
     names = ("model", "model_nuisance") if kernel == "nmf_zfind" else ("model", "model_sky", "model_lae")
     stored = zstore.open_results(store, results).isel(spectrum=index)
-    wavelength = zstore.open_root(store)[str(stored.attrs["input_group"])]["wavelength"][:]
+    wavelength = root[str(stored.attrs["input_group"])]["wavelength"][:]
     if lazy:
         from dzspec.parallel.lazy import from_row_blocks
 

@@ -48,6 +48,7 @@ __all__ = [
     "chunk_rows_for",
     "create_array",
     "flag_duplicate_targetids",
+    "groups_holding",
     "jsonable",
     "open_results",
     "open_root",
@@ -150,17 +151,23 @@ def spectra_groups(root: zarr.Group) -> list[str]:
     return sorted(f"spectra/{name}" for name, _ in root["spectra"].groups())
 
 
-def results_groups(root: zarr.Group) -> list[tuple[str, zarr.Group]]:
-    """``(path, group)`` of every results group (a group holding ``block_done``) under ``results/``."""
+def groups_holding(root: zarr.Group, top: str, marker: str) -> list[tuple[str, zarr.Group]]:
+    """``(path, group)`` of every group under ``top`` that holds ``marker`` (its nested groups are not searched),
+    sorted by path."""
 
     def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Group]]:
         found = []
         for name, child in sorted(group.groups()):
             path = f"{prefix}/{name}"
-            found += [(path, child)] if "block_done" in child else walk(child, path)
+            found += [(path, child)] if marker in child else walk(child, path)
         return found
 
-    return walk(root["results"], "results") if "results" in root else []
+    return walk(root[top], top) if top in root else []
+
+
+def results_groups(root: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """``(path, group)`` of every results group (a group holding ``block_done``) under ``results/``."""
+    return groups_holding(root, "results", "block_done")
 
 
 def resolve_spectra_group(root: zarr.Group, group: str | None) -> str:

@@ -256,17 +256,6 @@ def save_inspection(store: str | PathLike[str], *, results: str, row: int, flag:
     return {"group": input_group, "results": results, "row": row, "targetid": targetid, **record, "z_vi": z_vi}
 
 
-def _vi_groups(root: zarr.Group) -> list[tuple[str, zarr.Group]]:
-    def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Group]]:
-        found = []
-        for name, child in sorted(group.groups()):
-            path = f"{prefix}/{name}"
-            found += [(path, child)] if "flag" in child else walk(child, path)
-        return found
-
-    return walk(root["vi"], "vi") if "vi" in root else []
-
-
 def _strings(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     # variable-length strings read as NumPy's StringDType, which does not cast to fixed-width unicode (what astropy
     # and FITS take) directly; through Python strings it does
@@ -301,7 +290,7 @@ def load_inspections(store: str | PathLike[str], group: str | None = None, *, re
     wanted_group = None if group is None else (group if group.startswith("spectra/") else f"spectra/{group}")
     wanted_path = None if results is None else vi_path(results)
     parts: list[dict[str, np.ndarray]] = []
-    for path, vi in _vi_groups(root):
+    for path, vi in zstore.groups_holding(root, "vi", "flag"):
         if wanted_path is not None and path != wanted_path:
             continue
         input_group = str(vi.attrs.get("input_group", ""))
