@@ -27,15 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from dzspec.cluster import make_client
+from dzspec.engines.nmf.adapter import BLENDS
+from dzspec.engines.nmf.blends import ROC_THRESHOLDS, confusion_redshifts, detect_blend, detect_blends
+from dzspec.engines.nmf.grams import prepare_basis
+from dzspec.engines.nmf.zfind import nmf_zfind
 from dzspec.io import store as zstore
 from dzspec.io.bases import load_basis, save_basis
-from dzspec.kernels.blends import ROC_THRESHOLDS, confusion_redshifts, detect_blend, detect_blends
-from dzspec.kernels.nmf_scan import prepare_basis
 from dzspec.kernels.restframe import PAPER_GRID, observed_window, to_log_grid
 from dzspec.kernels.simulate.muse import MUSE_CLASSES, MuseSimConfig
 from dzspec.kernels.survey_stats import rank_auc, roc_curve
-from dzspec.kernels.zfind import nmf_zfind
-from dzspec.parallel.blends import BLENDS, run_blends
+from dzspec.parallel.blends import run_blends
 from dzspec.parallel.train import select_training_rows, train_basis
 from dzspec.parallel.zfind import run_zfind
 from dzspec.simulate import simulate

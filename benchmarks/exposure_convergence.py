@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from dzspec.cluster import make_client
+from dzspec.engines.madgics.priors import LAE_GRID
 from dzspec.io import store as zstore
-from dzspec.kernels.madgics_priors import LAE_GRID
 from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.simulate.desi import DesiSimConfig
 from dzspec.parallel.exposure_convergence import exposure_convergence

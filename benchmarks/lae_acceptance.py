@@ -18,7 +18,7 @@ or two peaks, [O II] interlopers whose doublet falls in the Lya window, galaxies
 3. ``dzspec lae`` over the whole store with the s of the simulated sky set; on the second half of the rows:
    purity and completeness against the calibrated |dchi2| threshold (all classes: interlopers and empty fibres
    lower the purity), with the scan alone (U25's rule) and with the interloper flags of
-   :mod:`dzspec.kernels.lae_interlopers` (EW and low-z companion lines), and with ``zwarn == 0`` (those flags, the
+   :mod:`dzspec.engines.madgics.interlopers` (EW and low-z companion lines), and with ``zwarn == 0`` (those flags, the
    detection threshold and the scan's own EDGE/curvature bits: the trust cut), their values at 25, and the fraction of
    LAE redshifts within 0.005 of the truth, overall and by the line's SNR.
 
@@ -44,25 +44,25 @@ from pathlib import Path
 import numpy as np
 
 from dzspec.cluster import make_client
-from dzspec.io import store as zstore
-from dzspec.io.muse_ingredients import blank_sky_spaxels
-from dzspec.io.priors import LoadedPrior, load_lae_prior
-from dzspec.kernels.lae_injection import (
+from dzspec.engines.madgics.injection import (
     calibration_factor,
     matched_filter_snr,
     place_profile,
     recovery_by_snr,
     zscore_sigma,
 )
-from dzspec.kernels.lae_interlopers import INTERLOPER_BITS
-from dzspec.kernels.madgics import LAEPrior, scan_lae
-from dzspec.kernels.madgics_priors import (
+from dzspec.engines.madgics.interlopers import INTERLOPER_BITS
+from dzspec.engines.madgics.priors import (
     LAE_GRID,
     gram,
     sky_line_counts,
     sky_mask_from_counts,
     sky_vectors_from_gram,
 )
+from dzspec.engines.madgics.scan import LAEPrior, scan_lae
+from dzspec.io import store as zstore
+from dzspec.io.muse_ingredients import blank_sky_spaxels
+from dzspec.io.priors import LoadedPrior, load_lae_prior
 from dzspec.kernels.metrics import purity_completeness
 from dzspec.models import MODELS, default_prior_path
 from dzspec.parallel.lae import build_lae_prior, prior_rows, run_lae

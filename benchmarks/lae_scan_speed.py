@@ -6,9 +6,9 @@ priors (sky modes concentrated on sky lines plus a broad component; a skewed Lya
 spectra (white noise with a spread of ivar, a sky-residual draw, a masked stretch, a Lya line at a random
 sub-pixel shift): the cost does not depend on the priors' values. One BLAS/FFT thread throughout.
 
-It times :func:`dzspec.kernels.madgics.scan_lae` per spectrum (median over ``--nspec``, each spectrum its own call),
-and the straightforward evaluation :func:`~dzspec.kernels.madgics.reference_lae_scan` (full-length products and a
-fresh 52-column Woodbury solve per shift) on ``--ref-shifts`` shifts of ``--ref-spectra`` spectra, extrapolated to
+It times :func:`dzspec.engines.madgics.scan.scan_lae` per spectrum (median over ``--nspec``, each spectrum its own
+call), and the straightforward evaluation :func:`~dzspec.engines.madgics.scan.reference_lae_scan` (full-length products
+and a fresh 52-column Woodbury solve per shift) on ``--ref-shifts`` shifts of ``--ref-spectra`` spectra, extrapolated to
 4 501 + 101 evaluations. Exactness: the coarse dchi2 at the evaluated shifts and the fine best against the reference,
 relative to the spectrum's largest |dchi2|, and the same argmin over the evaluated shifts.
 
@@ -25,7 +25,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dzspec.kernels.madgics import LAE_GRID_DELTA, LAE_GRID_START, LAEPrior, reference_lae_scan, scan_lae
+from dzspec.engines.madgics.scan import LAE_GRID_DELTA, LAE_GRID_START, LAEPrior, reference_lae_scan, scan_lae
 
 N_PIXELS = 8720
 WINDOW = (4133.0, 4278.0)  # Å at z_ref = 2.45 (U25 §2.3)

@@ -30,10 +30,11 @@ import numpy as np
 import xarray as xr
 
 from dzspec.cluster import make_client
+from dzspec.engines.nmf.grams import prepare_basis
+from dzspec.engines.nmf.scan import scan_block
 from dzspec.io import store as zstore
 from dzspec.io.bases import load_basis, save_basis
 from dzspec.kernels.metrics import good_fraction, mae_with_rejection, relative_error, wilson_interval
-from dzspec.kernels.nmf_scan import prepare_basis, scan_block
 from dzspec.kernels.restframe import PAPER_GRID, observed_window, to_log_grid
 from dzspec.parallel.rank_selection import cross_validate_ranks
 from dzspec.parallel.train import select_training_rows, train_basis

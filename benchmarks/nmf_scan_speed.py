@@ -4,7 +4,7 @@ Rest grid gamma0 = log10(4600/7.7), delta = 2.215525e-5, N = 53 918; a synthetic
 (smooth continua + Gaussian emission/absorption-like lines); MUSE-like observed spectra of ~13 300 log pixels
 (4750-9350 A); 13 401 trial z from 0 to 6.7 step 0.0005. One BLAS/FFT thread throughout (threadpoolctl).
 
-It times :func:`dzspec.kernels.nmf_scan.scan_block` per spectrum (median over ``--nspec`` spectra, after a warm-up
+It times :func:`dzspec.engines.nmf.scan.scan_block` per spectrum (median over ``--nspec`` spectra, after a warm-up
 that compiles the numba kernels), and the straightforward per-trial weighted ``scipy.optimize.nnls`` on the tall
 matrix on ``--ref-trials`` trials of ``--ref-spectra`` spectra, extrapolated to 13 401 trials. On the evaluated trials
 it checks the same argmin and chi2 within 1e-8 relative.
@@ -30,14 +30,8 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dzspec.kernels.nmf_scan import (
-    nuisance_vectors,
-    prepare_basis,
-    reference_scan,
-    scan_block,
-    scan_chi2,
-    trial_grid,
-)
+from dzspec.engines.nmf.grams import prepare_basis
+from dzspec.engines.nmf.scan import nuisance_vectors, reference_scan, scan_block, scan_chi2, trial_grid
 
 GAMMA0 = np.log10(4600 / 7.7)
 DELTA = 2.215525e-5

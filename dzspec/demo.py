@@ -115,8 +115,8 @@ def _nmf_redshifts(store: Path, group: str, client: Any, figure: Path, *, progre
 
 def _lae_redshifts(store: Path, client: Any, nspectra: int, *, progress: bool) -> Any:
     """A simulated DESI-like survey scanned by ``lae`` with the shipped MADGICS priors."""
+    from dzspec.engines.madgics.interlopers import select_lae
     from dzspec.io.store import open_results, open_spectra
-    from dzspec.kernels.lae_interlopers import select_lae
     from dzspec.kernels.metrics import good_fraction
     from dzspec.models import MODELS
     from dzspec.parallel.lae import run_lae

@@ -1,12 +1,12 @@
 """Redshifts without a store or a cluster: :func:`zfind` and :func:`lae` on spectra in memory, for notebooks.
 
 They run the block functions that ``dzspec zfind`` and ``dzspec lae`` hand to the runner (the NMF scan of
-:data:`dzspec.parallel.zfind.ZFIND`, the MADGICS scan of :data:`dzspec.parallel.lae.LAE_SCAN`) in this process, with
-the parameters their drivers would choose (:func:`~dzspec.parallel.zfind.zfind_params`,
-:func:`~dzspec.parallel.lae.lae_params`) and, for the NMF scan, the same passes over the whole set of spectra
-(:func:`~dzspec.parallel.zfind.finalize_flags`: redshift spikes, confidence). Nothing is written and no Dask
-scheduler is used; the answer is an xarray Dataset in the vocabulary of :mod:`dzspec.results_schema` (the names,
-dtypes and attributes of ``open_results``), one row per input spectrum.
+:data:`dzspec.engines.nmf.adapter.ZFIND`, the MADGICS scan of :data:`dzspec.engines.madgics.adapter.LAE_SCAN`) in this
+process, with the parameters their drivers would choose (:func:`~dzspec.engines.nmf.adapter.zfind_params`,
+:func:`~dzspec.engines.madgics.adapter.lae_params`) and, for the NMF scan, the same passes over the whole set of spectra
+(:func:`~dzspec.engines.nmf.adapter.finalize_flags`: redshift spikes, confidence). Nothing is written and no Dask
+scheduler is used; the answer is an xarray Dataset in the vocabulary of :mod:`dzspec.results_schema` (the names, dtypes
+and attributes of ``open_results``), one row per input spectrum.
 
 For the same spectra, with default arguments, the results are those of the store path (the spectra written to a
 store, by :func:`dzspec.io.from_specutils` or an ingest, then ``dzspec zfind``/``dzspec lae`` on it with its
@@ -239,7 +239,7 @@ def zfind(
     basis_name
         The basis inside the store (default: the shipped model's, else ``nmf``).
     params
-        Overrides of :data:`~dzspec.parallel.zfind.ZFIND`'s parameters (``z_min``, ``z_max``, ``dz``,
+        Overrides of :data:`~dzspec.engines.nmf.adapter.ZFIND`'s parameters (``z_min``, ``z_max``, ``dz``,
         ``store_chi2`` ...), as ``run_zfind``'s ``params``.
     noise_calibration
         ``"auto"`` (see the module docstring), ``"off"``, or per-pixel factors by which sigma is multiplied.
@@ -262,8 +262,8 @@ def zfind(
         ``coeff`` ...), dims ``spectrum`` (+ ``coeff``, ``candidate`` ...), coordinate ``targetid``; attributes:
         the parameters, the model, the noise calibration used and the redshift spikes found.
     """
-    from dzspec.kernels.confidence import ConfidenceModel
-    from dzspec.parallel.zfind import ZFIND, cached_basis, finalize_flags, zfind_params
+    from dzspec.engines.nmf.adapter import ZFIND, cached_basis, finalize_flags, zfind_params
+    from dzspec.engines.nmf.confidence import ConfidenceModel
 
     ds = spectra_dataset(spectra, survey=survey, **convert)
     basis_store, name, label = _model(model, "basis", ds.attrs["grid_name"], basis_name)
@@ -307,8 +307,8 @@ def lae(
     prior_name
         The prior inside the store (default: the shipped model's, else ``lae``).
     params
-        Overrides of :data:`~dzspec.parallel.lae.LAE_SCAN`'s parameters (``z_min``, ``n_shifts``, the interloper
-        cuts, ``dchi2_min`` ...), as ``run_lae``'s ``params``.
+        Overrides of :data:`~dzspec.engines.madgics.adapter.LAE_SCAN`'s parameters (``z_min``, ``n_shifts``, the
+        interloper cuts, ``dchi2_min`` ...), as ``run_lae``'s ``params``.
     noise_calibration
         As :func:`zfind`, with the prior store's instrument default.
 
@@ -327,7 +327,7 @@ def lae(
     >>> round(float(res.z[0]), 2), int(res.zwarn[0])
     (3.46, 0)
     """
-    from dzspec.parallel.lae import LAE_SCAN, lae_params
+    from dzspec.engines.madgics.adapter import LAE_SCAN, lae_params
 
     ds = spectra_dataset(spectra, survey=survey, **convert)
     prior_store, name, label = _model(model, "prior", ds.attrs["grid_name"], prior_name)

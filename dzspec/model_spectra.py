@@ -27,11 +27,12 @@ import numpy as np
 import xarray as xr
 from astropy.table import Table
 
+from dzspec.engines.madgics.adapter import LAE_SCAN, scan_as_run
+from dzspec.engines.nmf.adapter import ZFIND, cached_basis, sky_continuum_on
+from dzspec.engines.nmf.model_spectra import log_grid_to_native, nmf_model
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.kernels.model_spectra import log_grid_to_native, nmf_model
-from dzspec.parallel.lae import LAE_SCAN, scan_as_run
-from dzspec.parallel.zfind import ZFIND, cached_basis, sky_continuum_on, trial_redshifts
+from dzspec.kernels.trials import trial_redshifts
 from dzspec.results_schema import REDSHIFT_DIM
 
 __all__ = ["model_spectra", "models_tables", "parse_rows", "rescan", "select_rows"]

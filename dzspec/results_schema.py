@@ -83,8 +83,8 @@ class ZWarn(enum.IntFlag):
     POORDATA = 1 << 11
     LOW_SIGNIFICANCE = 1 << 13  #: log10 nmf_significance < -2 (B26 4.3: likely a false source)
     LOW_ROBUSTNESS = 1 << 14  #: nmf_robustness < 3 (B26 4.1)
-    Z_SPIKE = 1 << 15  #: z sits on a redshift spike of its store and deltachi2 is not decisive (kernels.zspikes)
-    LOW_CONFIDENCE = 1 << 24  #: confidence below the basis's calibrated threshold (kernels.confidence)
+    Z_SPIKE = 1 << 15  #: z sits on a redshift spike of its store and deltachi2 is not decisive (engines.nmf.zspikes)
+    LOW_CONFIDENCE = 1 << 24  #: confidence below the basis's calibrated threshold (engines.nmf.confidence)
 
 
 class ZNote(enum.IntFlag):
@@ -104,7 +104,7 @@ class LAEWarn(enum.IntFlag):
     BAD_CURVATURE = 1 << 2  #: the fine dchi2 is not convex around its minimum: zerr = NaN
     NO_SIGNAL = 1 << 3  #: the best dchi2 is 0: the LAE component is nowhere supported by data
     SKY_SINGULAR = 1 << 4  #: I + V_skyᵀ W V_sky is not positive definite (cannot happen in exact arithmetic)
-    LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.kernels.lae_interlopers`)
+    LOW_EW = 1 << 5  #: continuum detected and rest EW below the LAE cut (:mod:`~dzspec.engines.madgics.interlopers`)
     LOWZ_LINES = 1 << 6  #: companion lines of a low-z reading of the line ([O II], H-beta, [O III] 5007)
     NO_LINE = 1 << 7  #: no line on the native pixels at the Lya wavelength (a continuum step or junction fitted)
     LOW_SIGNIFICANCE = 1 << 8  #: calibrated abs(dchi2) at or below the detection threshold (U25: 25): no LAE found

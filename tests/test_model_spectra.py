@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
+from dzspec.engines.nmf.model_spectra import nmf_model_log
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.bases import load_basis, save_sky_continuum
-from dzspec.kernels.model_spectra import nmf_model_log
 from dzspec.kernels.restframe import to_log_grid
 from dzspec.model_spectra import model_spectra, rescan, select_rows
 from dzspec.parallel.lae import run_lae

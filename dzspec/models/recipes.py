@@ -142,7 +142,7 @@ def _ship_noise_default(survey_store: Path, group: str | None, out: Path) -> Non
 
 def _ship_muse_sky_continuum(sky_path: str, out: Path, name: str) -> None:
     """Store with ``out``/bases/<name> the continuum of the sky at ``sky_path`` as MUSE sees it (its LSF, its
-    grid): the shape of the free-sign sky term of ``zfind`` (:func:`dzspec.kernels.zfind.sky_nuisance_vector`)."""
+    grid): the shape of the free-sign sky term of ``zfind`` (:func:`dzspec.engines.nmf.zfind.sky_nuisance_vector`)."""
     from dzspec.io.bases import save_sky_continuum
     from dzspec.io.ingredients import load_sky_spectrum
     from dzspec.kernels.simulate.muse import muse_lsf_fwhm, muse_wavelength

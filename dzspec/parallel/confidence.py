@@ -9,7 +9,7 @@ report are stored with the basis (``bases/<name>`` attributes), so every later `
 ``confidence`` and sets LOW_CONFIDENCE. Quote acceptance figures from a third store that neither the basis nor this
 calibration saw.
 
-``calibrate_zerr`` fits the ZERR calibration (:mod:`dzspec.kernels.zerr`) on the right redshifts of such a store and
+``calibrate_zerr`` fits the ZERR calibration (:mod:`dzspec.engines.nmf.zerr`) on the right redshifts of such a store and
 stores it with the basis, or (``save=False``) reports the pull widths of a store scanned with it: the check on a
 store the calibration did not see.
 """
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from dzspec.engines.nmf.confidence import FEATURE_INPUTS, FEATURES, fit_confidence, scan_features, threshold_for_purity
+from dzspec.engines.nmf.zerr import apply_zerr_calibration, fit_zerr_calibration, pull_widths
+from dzspec.engines.nmf.zfind import ZWarn
 from dzspec.io import store as zstore
 from dzspec.io.bases import load_basis, save_confidence, save_zerr_calibration
-from dzspec.kernels.confidence import FEATURE_INPUTS, FEATURES, fit_confidence, scan_features, threshold_for_purity
-from dzspec.kernels.zerr import apply_zerr_calibration, fit_zerr_calibration, pull_widths
-from dzspec.kernels.zfind import ZWarn
 
 __all__ = ["calibrate_confidence", "calibrate_zerr", "right_redshifts"]
 
@@ -95,10 +95,10 @@ def calibrate_zerr(store: str | PathLike[str], results: str, basis_store: str | 
     measure the pull widths on a store the calibration did not see (``save=False``: the store's own ``zerr``, or
     with ``basis_store`` the zerr that the basis's stored calibration gives the same scan).
 
-    Right redshifts (:func:`right_redshifts` of ``z_refined``) are binned by the spectra group's coordinate ``snr``
-    (the simulator's ``snr_lines``) at ``edges``, and calibrated apart in the ranges of z between ``z_edges``
-    (:func:`~dzspec.kernels.zerr.fit_zerr_calibration`); bins of fewer than ``min_count`` do not constrain the fit. The
-    scan's raw parabola widths are recovered from its ``zerr`` and the calibration it ran with, so a store scanned
+    Right redshifts (:func:`right_redshifts` of ``z_refined``) are binned by the spectra group's coordinate ``snr`` (the
+    simulator's ``snr_lines``) at ``edges``, and calibrated apart in the ranges of z between ``z_edges``
+    (:func:`~dzspec.engines.nmf.zerr.fit_zerr_calibration`); bins of fewer than ``min_count`` do not constrain the fit.
+    The scan's raw parabola widths are recovered from its ``zerr`` and the calibration it ran with, so a store scanned
     with an earlier calibration serves as well. Returns the report: scale, floor, and per bin the count and the pull
     widths (IQR / 1.349 of ``(z - z_true) / zerr``).
     """

@@ -2,7 +2,7 @@
 
 For each fold, a basis is trained on the other folds and every held-out spectrum is scanned; the good fraction and
 the MAE with 5xMAD rejection (METHODS §3) on the held-out fold score each rank. Sequential training to the largest
-rank passes through every smaller rank (:attr:`~dzspec.kernels.nmf_train.NMFResult.rank_bases`), so each fold needs
+rank passes through every smaller rank (:attr:`~dzspec.engines.nmf.train.NMFResult.rank_bases`), so each fold needs
 one training, not one per rank; the rank-r basis is the state at the end of rank r's stage (the full-rank re-run
 of the schedule is not applied to the snapshots). Trainings run one after the other, each spread over the cluster;
 the scans of a fold's held-out spectra are submitted as soon as its training ends and overlap the next training.
@@ -20,11 +20,12 @@ import numpy as np
 import xarray as xr
 from distributed import Client, Future, wait
 
+from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
+from dzspec.engines.nmf.zfind import nmf_zfind
 from dzspec.io import store as zstore
 from dzspec.kernels.metrics import good_fraction, mae_with_rejection
-from dzspec.kernels.nmf_scan import PreparedBasis, prepare_basis
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid, observed_window
-from dzspec.kernels.zfind import nmf_zfind
+from dzspec.kernels.trials import trial_redshifts
 from dzspec.parallel.train import select_training_rows, train_basis
 
 __all__ = ["choose_rank", "cross_validate_ranks", "fold_assignment"]
@@ -59,7 +60,7 @@ def _scan_rows(store: str, group: str, rows: np.ndarray, basis: np.ndarray, toke
         while len(_PREPARED) >= 2:
             _PREPARED.pop(next(iter(_PREPARED)))
         _PREPARED[token] = prepare_basis(basis, n_obs)
-    z_trials = scan["z_min"] + scan["dz"] * np.arange(round((scan["z_max"] - scan["z_min"]) / scan["dz"]) + 1)
+    z_trials = trial_redshifts(scan["z_min"], scan["z_max"], scan["dz"])
     out = nmf_zfind(wavelength, source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
                     prepared=_PREPARED[token], grid=grid, shifts=grid.shift_of(z_trials), weighting=scan["weighting"])
     return out["z"]

@@ -6,7 +6,7 @@ from os import PathLike
 
 import numpy as np
 
-from dzspec.kernels.blends import ROC_THRESHOLDS, BlendResult
+from dzspec.engines.nmf.blends import ROC_THRESHOLDS, BlendResult
 from dzspec.kernels.survey_stats import auc as sweep_auc
 from dzspec.kernels.survey_stats import nearest_to_corner, rank_auc, roc_curve
 from dzspec.viz import pyplot

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import zarr
 
-from dzspec.kernels.nmf_scan import prepare_basis
-from dzspec.kernels.nmf_train import train_nmf
+from dzspec.engines.nmf.grams import prepare_basis
+from dzspec.engines.nmf.train import train_nmf
+from dzspec.engines.nmf.zfind import nmf_zfind
 from dzspec.kernels.restframe import LogGrid, observed_window
-from dzspec.kernels.zfind import nmf_zfind
 from dzspec.parallel.rank_selection import choose_rank, cross_validate_ranks, fold_assignment
 from dzspec.parallel.train import load_training_block, select_training_rows
 from dzspec.testing import write_synthetic_store

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from dzspec.engines.nmf.train import NMFResult
+from dzspec.engines.nmf.zfind import ZWarn
 from dzspec.io import store as zstore
 from dzspec.io.bases import save_basis
-from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.simulate.common import EMISSION_LINES
-from dzspec.kernels.zfind import ZWarn
 from dzspec.parallel.ingest import ingest
 from dzspec.parallel.zfind import run_zfind
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dzspec.kernels.blends import ROC_THRESHOLDS, detect_blend
-from dzspec.kernels.nmf_scan import prepare_basis
+from dzspec.engines.nmf.blends import ROC_THRESHOLDS, detect_blend
+from dzspec.engines.nmf.grams import prepare_basis
 from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.survey_stats import nearest_to_corner, rank_auc, roc_curve
 from dzspec.viz.blends import plot_blend_example, plot_roc

@@ -1,6 +1,6 @@
 import numpy as np
 
-from dzspec.kernels.exposure_convergence import converged_fraction_grid
+from dzspec.engines.madgics.exposure_convergence import converged_fraction_grid
 from dzspec.viz.exposure import plot_exposure_convergence
 
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from dzspec.engines.nmf.adapter import ZFIND
+from dzspec.engines.nmf.train import NMFResult
 from dzspec.errors import BadSpectrumWarning, StoreError
 from dzspec.io import store as zstore
 from dzspec.io import vi as zvi
 from dzspec.io.bases import load_basis, save_basis
-from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.runner import config_sha256
-from dzspec.parallel.zfind import ZFIND
 from dzspec.schema import flag_attrs, make_spectra_dataset
 
 WAVE = 4750.0 + 1.25 * np.arange(800)  # 4750-5749 A

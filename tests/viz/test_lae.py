@@ -1,6 +1,6 @@
 import numpy as np
 
-from dzspec.kernels.lae_injection import recovery_by_snr
+from dzspec.engines.madgics.injection import recovery_by_snr
 from dzspec.kernels.metrics import purity_completeness
 from dzspec.viz.lae import plot_dchi2_vs_dz, plot_purity_completeness, plot_recovery
 

@@ -124,7 +124,7 @@ def sky_continuum(surface: np.ndarray, *, size: int = 41) -> np.ndarray:
     lines (the 20th percentile over ``size`` pixels, then a running mean over as many), never above the spectrum.
 
     What a sky over-subtraction removes from a spectrum besides the line residuals: the simulator's pedestals and
-    ``zfind``'s sky nuisance term (:func:`dzspec.kernels.zfind.nmf_zfind`) both take this shape.
+    ``zfind``'s sky nuisance term (:func:`dzspec.engines.nmf.zfind.nmf_zfind`) both take this shape.
 
     Examples
     --------
