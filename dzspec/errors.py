@@ -12,7 +12,9 @@ __all__ = [
     "BadSpectrumWarning",
     "DzspecWarning",
     "InputError",
+    "ReaderPluginWarning",
     "SchemaError",
+    "SkippedInputWarning",
     "StoreError",
     "UnknownFormatError",
 ]
@@ -24,6 +26,15 @@ class DzspecWarning(UserWarning):
 
 class BadSpectrumWarning(DzspecWarning):
     """A spectrum was kept but flagged: NaN flux, negative ivar, no data, duplicated targetid..."""
+
+
+class ReaderPluginWarning(DzspecWarning):
+    """A third-party reader plug-in (entry point group ``dzspec.readers``) was skipped: it failed to load, or it
+    would replace a built-in reader. The built-in readers are unaffected."""
+
+
+class SkippedInputWarning(DzspecWarning):
+    """An input file was skipped by a batch ingest because it holds no spectra; the other files are ingested."""
 
 
 class InputError(ValueError):

@@ -32,10 +32,13 @@ from dzspec.errors import BadSpectrumWarning, InputError
 __all__ = [
     "FLUX_UNIT",
     "INSTRUMENTS",
+    "MAX_FLUX_SIGMA",
+    "MIN_USABLE_PIXELS",
     "RUN_STATUS",
     "SCHEMA_VERSION",
     "SPECTRUM_COORDS",
     "SURVEYS",
+    "WAVELENGTH_RANGE",
     "IngestWarn",
     "SpecMask",
     "code_of",
@@ -43,6 +46,7 @@ __all__ = [
     "file_sha256",
     "flag_attrs",
     "make_spectra_dataset",
+    "suspect_spectra",
 ]
 
 #: Version of the on-disk layout. A store with a larger number is refused by this dzspec.
@@ -66,13 +70,29 @@ class SpecMask(enum.IntFlag):
 
 
 class IngestWarn(enum.IntFlag):
-    """Per-spectrum ``ingest_warn`` bits set at ingest; the spectrum is always kept."""
+    """Per-spectrum ``ingest_warn`` bits set at ingest; the spectrum is always kept.
+
+    The members are the one source of the stored CF ``flag_masks``/``flag_meanings`` (:func:`flag_attrs`).
+    "Usable" pixels have finite flux, ``ivar > 0`` and no :class:`SpecMask` bit but CAMERA_OVERLAP.
+    """
 
     EMPTY = 1 << 0  #: no pixel with ivar > 0
     NONFINITE_FLUX = 1 << 1  #: some flux values were NaN/inf
     BAD_IVAR = 1 << 2  #: some ivar/variance values were negative, NaN or inf
     DUPLICATE_TARGETID = 1 << 3  #: another spectrum of the store has the same (known) targetid
     NO_TARGETID = 1 << 4  #: the file gives no targetid (stored as -1)
+    FEW_PIXELS = 1 << 5  #: 1 to MIN_USABLE_PIXELS - 1 usable pixels (none is EMPTY)
+    WAVELENGTH_RANGE = 1 << 6  #: the file's grid reaches outside WAVELENGTH_RANGE Angstrom (nm or um given?): all rows
+    EXTREME_FLUX = 1 << 7  #: a usable pixel's |flux| exceeds MAX_FLUX_SIGMA times the median sigma = 1/sqrt(ivar)
+
+
+#: Fewer usable pixels than this flag a spectrum FEW_PIXELS.
+MIN_USABLE_PIXELS = 10
+#: Vacuum Angstrom range every wavelength of a file should lie in; outside it flags all rows WAVELENGTH_RANGE.
+WAVELENGTH_RANGE: tuple[float, float] = (900.0, 30_000.0)
+#: A usable pixel with ``|flux| > MAX_FLUX_SIGMA * median(sigma)`` (over the spectrum's usable pixels) flags it
+#: EXTREME_FLUX.
+MAX_FLUX_SIGMA = 1e6
 
 
 #: Survey codes stored in the int8 ``survey`` coordinate (CF flag_values / flag_meanings).
@@ -178,6 +198,63 @@ def _rows_text(rows: np.ndarray, limit: int = 8) -> str:
     return shown + (f", ... ({rows.size} in all)" if rows.size > limit else "")
 
 
+def _rows_targetids_text(rows: np.ndarray, targetid: np.ndarray, limit: int = 5) -> str:
+    """``rows 0, 3 (targetids 11, 14)``: the first few rows and their targetids (when known)."""
+    text = f"rows {_rows_text(rows, limit)}"
+    known = targetid[rows[:limit]]
+    if (known >= 0).any():
+        text += f" (targetids {', '.join(str(int(t)) for t in known)})"
+    return text
+
+
+def suspect_spectra(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The :class:`IngestWarn` bits FEW_PIXELS, WAVELENGTH_RANGE and EXTREME_FLUX of each spectrum.
+
+    Parameters
+    ----------
+    wavelength
+        Vacuum Angstrom, shape ``(nwave,)``.
+    flux, ivar, mask
+        Shape ``(nspec, nwave)``: flux in :data:`FLUX_UNIT`, ivar, :class:`SpecMask` bits.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 bits, shape ``(nspec,)``: FEW_PIXELS for 1 to :data:`MIN_USABLE_PIXELS` - 1 usable pixels;
+        WAVELENGTH_RANGE on every row when a wavelength lies outside :data:`WAVELENGTH_RANGE`; EXTREME_FLUX when a
+        usable pixel has ``|flux|`` above :data:`MAX_FLUX_SIGMA` times the median of ``1/sqrt(ivar)`` over the
+        usable pixels.
+
+    Examples
+    --------
+    >>> wave = np.linspace(4000.0, 5000.0, 20)
+    >>> flux, ivar = np.ones((3, 20)), np.ones((3, 20))
+    >>> ivar[0, 5:] = 0          # 5 usable pixels
+    >>> flux[1, 3] = 1e7         # 1e7 sigma
+    >>> [IngestWarn(int(b)).name for b in suspect_spectra(wave, flux, ivar, np.zeros((3, 20), np.uint32))]
+    ['FEW_PIXELS', 'EXTREME_FLUX', None]
+    >>> IngestWarn(int(suspect_spectra(wave / 10, flux, ivar, np.zeros((3, 20), np.uint32))[2])).name
+    'WAVELENGTH_RANGE'
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    usable = np.isfinite(flux) & (ivar > 0) & ((np.asarray(mask) & ~np.uint32(SpecMask.CAMERA_OVERLAP)) == 0)
+    bits = np.zeros(flux.shape[0], np.uint32)
+    nusable = usable.sum(axis=1)
+    bits[(nusable > 0) & (nusable < MIN_USABLE_PIXELS)] |= np.uint32(IngestWarn.FEW_PIXELS)
+    low, high = WAVELENGTH_RANGE
+    if np.size(wavelength) and (np.min(wavelength) < low or np.max(wavelength) > high):
+        bits |= np.uint32(IngestWarn.WAVELENGTH_RANGE)
+    rows = np.flatnonzero(nusable > 0)
+    if rows.size:
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            sigma = np.where(usable[rows], 1.0 / np.sqrt(np.where(usable[rows], ivar[rows], 1.0)), np.nan)
+            limit = MAX_FLUX_SIGMA * np.nanmedian(sigma, axis=1)
+            extreme = (usable[rows] & (np.abs(flux[rows]) > limit[:, None])).any(axis=1)
+        bits[rows[extreme]] |= np.uint32(IngestWarn.EXTREME_FLUX)
+    return bits
+
+
 def make_spectra_dataset(
     wavelength: np.ndarray,
     flux: np.ndarray,
@@ -232,12 +309,14 @@ def make_spectra_dataset(
     Warns
     -----
     BadSpectrumWarning
-        Once per kind of problem per file, naming the rows: NaN/inf flux, bad ivar, spectra with no data.
+        Once per kind of problem per file, naming the rows: NaN/inf flux, bad ivar, spectra with no data, and
+        the :func:`suspect_spectra` checks (too few usable pixels, wavelengths outside 900-30000 A, extreme flux),
+        these three with the rows' targetids.
 
     Examples
     --------
     >>> import numpy as np
-    >>> ds = make_spectra_dataset(np.array([5000.0, 5001.0, 5002.0]), np.ones((2, 3)), np.ones((2, 3)),
+    >>> ds = make_spectra_dataset(np.linspace(5000.0, 5011.0, 12), np.ones((2, 12)), np.ones((2, 12)),
     ...                           source_file="toy.npz", reader="generic")
     >>> ds.sizes["spectrum"], ds.flux.dtype.name, ds.attrs["schema_version"]
     (2, 'float32', 1)
@@ -304,7 +383,23 @@ def make_spectra_dataset(
             raise InputError(path, f"coordinate {name!r} must be numeric, got dtype {values.dtype}")
         dtype = SPECTRUM_COORDS[name][0] if name in SPECTRUM_COORDS else values.dtype
         coord_values[name] = values.astype(dtype)
-    coord_values["ingest_warn"] = coord_values["ingest_warn"] | warn_bits
+    suspect = suspect_spectra(wavelength, flux, ivar, pixel_mask)
+    for bit, what in (
+        (IngestWarn.FEW_PIXELS, f"fewer than {MIN_USABLE_PIXELS} usable pixels (finite flux, ivar > 0, not masked)"),
+        (IngestWarn.WAVELENGTH_RANGE, f"wavelengths {wavelength[0]:.6g}-{wavelength[-1]:.6g} A reach outside "
+                                      f"{WAVELENGTH_RANGE[0]:g}-{WAVELENGTH_RANGE[1]:g} A (nm or um given as A?)"),
+        (IngestWarn.EXTREME_FLUX, f"|flux| above {MAX_FLUX_SIGMA:g} times the median sigma (1/sqrt(ivar))"),
+    ):
+        rows = np.flatnonzero(suspect & np.uint32(bit))
+        if rows.size:
+            warnings.warn(
+                BadSpectrumWarning(
+                    f"{path}: {_rows_targetids_text(rows, coord_values['targetid'])}: {what}; kept, flagged "
+                    f"{bit.name} in ingest_warn"
+                ),
+                stacklevel=2,
+            )
+    coord_values["ingest_warn"] = coord_values["ingest_warn"] | warn_bits | suspect
     if not (coords and "targetid" in coords):
         coord_values["ingest_warn"] |= np.uint32(IngestWarn.NO_TARGETID)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from dzspec.engines.madgics.adapter import LAE_SCAN
+from dzspec.engines.nmf.adapter import ZFIND
 from dzspec.io.store import upgrade_results
-from dzspec.parallel.lae import LAE_SCAN
-from dzspec.parallel.zfind import ZFIND
 from dzspec.results_schema import ENGINES, FIELDS, RENAMES, LAEWarn, ZNote, ZWarn, output_specs, upgrade_names
 
 

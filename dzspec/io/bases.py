@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from dzspec._version import __version__
+from dzspec.engines.nmf.train import NMFResult
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
-from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid
 
 __all__ = ["Basis", "array_sha256", "grid_attrs", "grid_from_attrs", "load_basis", "load_sky_continuum", "save_basis",
@@ -120,7 +120,7 @@ def load_basis(path: str | PathLike[str], name: str) -> Basis:
 
 
 def save_confidence(path: str | PathLike[str], name: str, model: dict[str, Any], report: dict[str, Any]) -> str:
-    """Store a confidence model (:class:`dzspec.kernels.confidence.ConfidenceModel` as attrs) with ``bases/<name>``,
+    """Store a confidence model (:class:`dzspec.engines.nmf.confidence.ConfidenceModel` as attrs) with ``bases/<name>``,
     with how it was made (``report``); returns its SHA-256, which enters the configuration of every scan using it."""
     root = zstore.open_root(path, mode="a")
     group_path = f"bases/{name}"
@@ -134,7 +134,7 @@ def save_confidence(path: str | PathLike[str], name: str, model: dict[str, Any],
 
 
 def save_zerr_calibration(path: str | PathLike[str], name: str, calibration: dict[str, Any]) -> None:
-    """Store with ``bases/<name>`` the ZERR calibration (:meth:`dzspec.kernels.zerr.ZerrCalibration.as_attrs`, with
+    """Store with ``bases/<name>`` the ZERR calibration (:meth:`dzspec.engines.nmf.zerr.ZerrCalibration.as_attrs`, with
     where it was measured) that ``zfind`` applies to the chi2 parabola's width; its ``zerr_scale`` and
     ``zerr_floor`` enter the parameters of every scan using it."""
     root = zstore.open_root(path, mode="a")
@@ -146,13 +146,13 @@ def save_zerr_calibration(path: str | PathLike[str], name: str, calibration: dic
 def save_sky_continuum(path: str | PathLike[str], name: str, wavelength: np.ndarray, continuum: np.ndarray, *,
                        source: str) -> str:
     """Store with ``bases/<name>`` the night-sky continuum (vacuum ``wavelength`` in Angstrom, any flux scale) that
-    ``zfind`` fits as a free-sign nuisance term beside the basis (:func:`dzspec.kernels.zfind.sky_nuisance_vector`);
+    ``zfind`` fits as a free-sign nuisance term beside the basis (:func:`dzspec.engines.nmf.zfind.sky_nuisance_vector`);
     ``source`` says where it came from. Returns its SHA-256, which enters the configuration of every scan using it.
 
     Examples
     --------
     >>> import tempfile
-    >>> from dzspec.kernels.nmf_train import NMFResult
+    >>> from dzspec.engines.nmf.train import NMFResult
     >>> path = tempfile.mkdtemp() + "/b.zarr"
     >>> trained = NMFResult(basis=np.ones((2, 50)), coefficients=np.ones((1, 2)), covered=np.ones(50, bool))
     >>> _ = save_basis(path, "nmf", trained, LogGrid(3.0, 1e-4, 50), training_sha256="")

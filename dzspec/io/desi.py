@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from dzspec.errors import InputError
-from dzspec.io.generic import open_fits
+from dzspec.io.fits import open_fits
 from dzspec.io.registry import FileProbe, register_reader
 from dzspec.schema import INSTRUMENTS, SPECTRUM_COORDS, SURVEYS, SpecMask, code_of, make_spectra_dataset
 

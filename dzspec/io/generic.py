@@ -19,17 +19,13 @@ Pixels the file already marks bad (nonzero mask) are taken as "no data": their i
 without a warning. Every other NaN/inf flux and invalid uncertainty is flagged and reported by
 :func:`dzspec.schema.make_spectra_dataset`.
 
-This module also holds helpers the other readers share: :func:`open_fits`, :func:`flux_scale_from_unit`,
-:func:`wavelength_factor_from_unit`, :func:`grid_attrs`.
+The helpers it shares with the other readers live in :mod:`dzspec.io.fits` and :mod:`dzspec.io.units`.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
 import zipfile
 from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -39,18 +35,13 @@ import numpy as np
 import xarray as xr
 
 from dzspec.errors import InputError
+from dzspec.io.fits import open_fits
 from dzspec.io.registry import FileProbe, register_reader
+from dzspec.io.units import flux_scale_from_unit, grid_attrs, medium_from_text, wavelength_factor_from_unit
 from dzspec.kernels.airvac import air_to_vacuum
 from dzspec.schema import INSTRUMENTS, SURVEYS, SpecMask, code_of, make_spectra_dataset
 
-__all__ = [
-    "flux_scale_from_unit",
-    "grid_attrs",
-    "identify_generic",
-    "open_fits",
-    "read_generic",
-    "wavelength_factor_from_unit",
-]
+__all__ = ["identify_generic", "read_generic"]
 
 WAVE_ALIASES = ("wave", "wavelength", "lambda", "lam", "loglam")
 FLUX_ALIASES = ("flux",)
@@ -67,175 +58,6 @@ COORD_ALIASES: dict[str, tuple[str, ...]] = {
     "ra": ("ra",),
     "dec": ("dec",),
 }
-
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers shared by the readers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _is_corruption(message: str) -> bool:
-    text = message.lower()
-    return "truncated" in text or "error validating header" in text or "corrupt" in text
-
-
-@contextmanager
-def open_fits(path: str | PathLike[str], *, memmap: bool = True) -> Iterator[Any]:
-    """Open a FITS file (all headers read, data lazy and memory-mapped), turning any failure into InputError.
-
-    Astropy only *warns* about a truncated file and then serves short or missing HDUs; here that is an
-    :class:`~dzspec.errors.InputError` naming the file, as is any exception raised while the body reads data.
-
-    Examples
-    --------
-    >>> import tempfile, numpy as np
-    >>> from astropy.io import fits
-    >>> name = tempfile.mkdtemp() + "/x.fits"
-    >>> fits.HDUList([fits.PrimaryHDU(np.arange(3.0))]).writeto(name)
-    >>> with open_fits(name) as hdul:
-    ...     float(hdul[0].data.sum())
-    3.0
-    """
-    from astropy.io import fits
-
-    path = Path(path)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=memmap, lazy_load_hdus=False)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise InputError(path, f"not a readable FITS file ({type(exc).__name__}: {exc})") from exc
-    fatal = [str(w.message) for w in caught if _is_corruption(str(w.message))]
-    if fatal:
-        hdul.close()
-        raise InputError(path, f"truncated or corrupt FITS file: {fatal[0]}")
-    for w in caught:  # harmless warnings (non-standard cards...) are passed on
-        warnings.warn(w.message, stacklevel=3)
-    try:
-        yield hdul
-    except InputError:
-        raise
-    except (OSError, ValueError, KeyError, IndexError, EOFError) as exc:
-        raise InputError(path, f"cannot read the FITS data ({type(exc).__name__}: {exc})") from exc
-    finally:
-        hdul.close()
-
-
-def _normalise_unit_text(text: str) -> str:
-    text = text.replace("Å", "Angstrom").replace("^", "**")
-    text = re.sub(r"(?i)\bangstroms?\b", "Angstrom", text)
-    text = re.sub(r"\b(?:Ang|AA|A)\b", "Angstrom", text)  # in spectra "A" is Angstrom, never Ampere
-    return text
-
-
-def _parse_unit(text: str) -> Any:
-    import astropy.units as u
-
-    normalised = _normalise_unit_text(text)
-    for fmt in (None, "fits", "cds"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # astropy warns about "multiple slashes" and the like
-            try:
-                return u.Unit(normalised) if fmt is None else u.Unit(normalised, format=fmt)
-            except (ValueError, TypeError):
-                continue
-    raise ValueError(f"cannot parse the unit {text!r}")
-
-
-def flux_scale_from_unit(unit: str | None) -> float | None:
-    """Factor turning a flux density in ``unit`` into :data:`dzspec.schema.FLUX_UNIT` (1e-17 erg/s/cm2/A).
-
-    Parameters
-    ----------
-    unit
-        A BUNIT/TUNIT-style string; FITS, CDS and the usual informal spellings are accepted.
-
-    Returns
-    -------
-    float or None
-        The factor, or None when ``unit`` is empty (unknown: the caller decides).
-
-    Raises
-    ------
-    ValueError
-        The unit cannot be parsed or is not a flux density per unit wavelength.
-
-    Examples
-    --------
-    >>> flux_scale_from_unit("10**(-20)*erg/s/cm**2/Angstrom")
-    0.001
-    >>> flux_scale_from_unit("1E-17 erg/cm^2/s/Ang")
-    1.0
-    >>> flux_scale_from_unit("10**(-19).erg.cm**(-2).s**(-1).angstrom**(-1)")
-    0.01
-    >>> flux_scale_from_unit("") is None
-    True
-    """
-    import astropy.units as u
-
-    if unit is None or not str(unit).strip():
-        return None
-    parsed = _parse_unit(str(unit).strip())
-    try:
-        factor = parsed.to(u.erg / u.s / u.cm**2 / u.AA)
-    except u.UnitConversionError:
-        raise ValueError(f"{unit!r} is not a flux density per unit wavelength") from None
-    return float(f"{factor / 1e-17:.12g}")  # 9.999999999999999e-18 / 1e-17 -> 1.0
-
-
-def wavelength_factor_from_unit(unit: str | None) -> float:
-    """Factor turning wavelengths in ``unit`` into Angstrom (1 when ``unit`` is empty).
-
-    Examples
-    --------
-    >>> wavelength_factor_from_unit("nm"), wavelength_factor_from_unit("ANGSTROMS"), wavelength_factor_from_unit("")
-    (10.0, 1.0, 1.0)
-    """
-    import astropy.units as u
-
-    if unit is None or not str(unit).strip():
-        return 1.0
-    parsed = _parse_unit(str(unit).strip())
-    try:
-        return float(f"{parsed.to(u.AA):.12g}")
-    except u.UnitConversionError:
-        raise ValueError(f"{unit!r} is not a wavelength unit") from None
-
-
-def grid_attrs(wavelength: np.ndarray) -> dict[str, Any]:
-    """``grid`` ("linear", "log10" or "irregular") and ``step`` attributes of a wavelength coordinate.
-
-    Examples
-    --------
-    >>> grid_attrs(np.arange(4000.0, 4010.0, 2.5))
-    {'grid': 'linear', 'step': 2.5}
-    >>> grid_attrs(10 ** (3.6 + 1e-4 * np.arange(5)))["grid"]
-    'log10'
-    """
-    wave = np.asarray(wavelength, dtype=np.float64)
-    if wave.size < 2:
-        return {"grid": "irregular"}
-    steps = np.diff(wave)
-    if np.allclose(steps, steps[0], rtol=1e-6, atol=0):
-        return {"grid": "linear", "step": float(f"{steps[0]:.10g}")}
-    logsteps = np.diff(np.log10(wave))
-    if np.allclose(logsteps, logsteps[0], rtol=1e-4, atol=0):
-        return {"grid": "log10", "step": float(f"{logsteps[0]:.8g}")}
-    return {"grid": "irregular"}
-
-
-def medium_from_text(value: Any) -> str | None:
-    """Map a medium spelling (``air``, ``vac``, ``AWAV``, ``WAVE``, SDSS ``VACUUM = T``...) to air/vacuum."""
-    if isinstance(value, bool | np.bool_):
-        return "vacuum" if value else "air"
-    text = str(value).strip().lower()
-    if text in ("air", "awav"):
-        return "air"
-    if text in ("vac", "vacuum", "wave", "vacu"):
-        return "vacuum"
-    return None
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Collected arrays

@@ -40,8 +40,9 @@ import numpy as np
 import xarray as xr
 
 from dzspec.errors import InputError
-from dzspec.io.generic import flux_scale_from_unit, medium_from_text, open_fits, wavelength_factor_from_unit
+from dzspec.io.fits import open_fits
 from dzspec.io.registry import FileProbe, register_reader
+from dzspec.io.units import flux_scale_from_unit, medium_from_text, wavelength_factor_from_unit
 from dzspec.kernels.airvac import air_to_vacuum
 from dzspec.schema import INSTRUMENTS, SURVEYS, SpecMask, code_of, make_spectra_dataset
 
@@ -275,8 +276,8 @@ def read_muse(
     >>> from astropy.io import fits
     >>> header = fits.Header({"CRVAL1": 4750.0, "CRPIX1": 1.0, "CDELT1": 1.25, "CTYPE1": "AWAV",
     ...                       "BUNIT": "10**(-20)*erg/s/cm**2/Angstrom"})
-    >>> hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.full(8, 50.0, "f4"), header, name="DATA"),
-    ...         fits.ImageHDU(np.full(8, 4.0, "f4"), header, name="STAT")]
+    >>> hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.full(12, 50.0, "f4"), header, name="DATA"),
+    ...         fits.ImageHDU(np.full(12, 4.0, "f4"), header, name="STAT")]
     >>> name = tempfile.mkdtemp() + "/spec.fits"
     >>> fits.HDUList(hdus).writeto(name)
     >>> ds = read_muse(name)
@@ -450,7 +451,7 @@ def read_muse_cube(
     >>> from astropy.io import fits
     >>> header = fits.Header({"CRVAL3": 4750.0, "CRPIX3": 1.0, "CD3_3": 1.25, "CTYPE3": "AWAV",
     ...                       "BUNIT": "10**(-20)*erg/s/cm**2/Angstrom"})
-    >>> cube = np.ones((6, 4, 5), "f4")
+    >>> cube = np.ones((12, 4, 5), "f4")
     >>> hdus = [fits.PrimaryHDU(), fits.ImageHDU(cube, header, name="DATA"),
     ...         fits.ImageHDU(cube, header, name="STAT")]
     >>> name = tempfile.mkdtemp() + "/cube.fits"

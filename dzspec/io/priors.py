@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from dzspec._version import __version__
+from dzspec.engines.madgics.priors import to_lae_grid
+from dzspec.engines.madgics.scan import LAEPrior
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.bases import array_sha256, grid_attrs, grid_from_attrs
-from dzspec.kernels.madgics import LAEPrior
-from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.kernels.restframe import LogGrid
 
 __all__ = ["LoadedPrior", "load_lae_prior", "save_lae_prior"]

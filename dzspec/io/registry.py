@@ -1,6 +1,6 @@
 """Reader registry: detect a file's format from its content and read it into canonical spectra Datasets.
 
-A reader is two functions registered under a name:
+A reader is two functions registered under a name with :func:`register_reader`:
 
 * ``identify(probe) -> bool`` looks only at a cheap :class:`FileProbe` (magic bytes, FITS HDU names and headers,
   npz/HDF5 keys), never at the data;
@@ -8,11 +8,27 @@ A reader is two functions registered under a name:
   :func:`dzspec.schema.make_spectra_dataset`.
 
 Readers are tried in decreasing ``priority`` so that specific formats (DESI, MUSE cube) win over the generic one.
+
+How readers are found (as xarray finds its backends): this module holds the table and imports no reader. The first
+time the table is consulted (:func:`readers`, :func:`identify_format`, :func:`read_spectra`) it imports
+
+1. the built-in reader modules named in :data:`BUILTIN_READERS` (each registers its readers when imported), then
+2. every entry point of the group ``dzspec.readers``: a module (imported) or a callable (called with no
+   arguments), either of which calls :func:`register_reader`. A third-party package declares one with::
+
+       [project.entry-points."dzspec.readers"]
+       myformat = "mypackage.dzspec_reader"
+
+A plug-in that fails to load, or that would replace a built-in reader, is skipped with a
+:class:`~dzspec.errors.ReaderPluginWarning` naming it; the built-in readers always work.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.metadata
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -24,9 +40,24 @@ from typing import Any
 
 import xarray as xr
 
-from dzspec.errors import InputError, UnknownFormatError
+from dzspec.errors import InputError, ReaderPluginWarning, UnknownFormatError
 
-__all__ = ["FileProbe", "Reader", "identify_format", "read_spectra", "readers", "register_reader"]
+__all__ = [
+    "BUILTIN_READERS",
+    "ENTRY_POINT_GROUP",
+    "FileProbe",
+    "Reader",
+    "identify_format",
+    "read_spectra",
+    "readers",
+    "register_reader",
+]
+
+#: The built-in reader modules, by module path: the one list of them. Imported on first use of the table, never
+#: at the import of this module (each imports :func:`register_reader` from here).
+BUILTIN_READERS: tuple[str, ...] = ("dzspec.io.desi", "dzspec.io.sdss", "dzspec.io.muse", "dzspec.io.generic")
+#: The entry-point group through which other packages add readers.
+ENTRY_POINT_GROUP = "dzspec.readers"
 
 _FITS_MAGIC = b"SIMPLE  ="
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -180,8 +211,15 @@ def register_reader(
 
 
 def readers() -> dict[str, Reader]:
-    """The registered readers by name, highest priority first."""
-    _load_builtin_readers()
+    """The registered readers by name, highest priority first (built-ins and plug-ins, loaded on first use).
+
+    Examples
+    --------
+    >>> from dzspec.io.registry import readers
+    >>> list(readers())[0], list(readers())[-1]
+    ('desi', 'generic')
+    """
+    _load_readers()
     return dict(sorted(_READERS.items(), key=lambda item: -item[1].priority))
 
 
@@ -240,6 +278,47 @@ def read_spectra(path: str | PathLike[str], format: str | None = None, **options
         raise InputError(path, f"{name} reader failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_builtin_readers() -> None:
-    # Imported here, not at module import, so that `import dzspec.io.registry` stays cheap.
-    from dzspec.io import desi, generic, muse, sdss  # noqa: F401
+_LOAD_LOCK = threading.RLock()
+_LOADED = False  # True once the table is complete
+_LOADING = False  # True while the thread holding _LOAD_LOCK fills it
+
+
+def _load_readers() -> None:
+    """Fill the table once: the built-in modules, then the ``dzspec.readers`` entry points."""
+    global _LOADED, _LOADING
+    if _LOADED:
+        return
+    with _LOAD_LOCK:  # other threads wait here for a complete table
+        if _LOADED or _LOADING:  # _LOADING: a module being loaded consults the table (same thread)
+            return
+        _LOADING = True
+        try:
+            for module in BUILTIN_READERS:
+                importlib.import_module(module)  # a broken built-in is dzspec's bug: let it raise
+            builtin = dict(_READERS)
+            for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                _load_plugin(entry_point, builtin)
+            _LOADED = True
+        finally:
+            _LOADING = False
+
+
+def _load_plugin(entry_point: importlib.metadata.EntryPoint, builtin: dict[str, Reader]) -> None:
+    """Load one plug-in; on any failure undo what it registered and warn, naming it."""
+    before = dict(_READERS)
+    what = f"dzspec reader plug-in {entry_point.name!r} ({entry_point.value})"
+    try:
+        loaded = entry_point.load()
+        if callable(loaded):
+            loaded()
+    except Exception as exc:  # a third-party bug must not take the built-in readers down with it
+        _READERS.clear()
+        _READERS.update(before)
+        warnings.warn(ReaderPluginWarning(f"{what} failed to load ({type(exc).__name__}: {exc}); skipped"),
+                      stacklevel=4)
+        return
+    replaced = sorted(name for name, reader in builtin.items() if _READERS.get(name) is not reader)
+    if replaced:
+        _READERS.update({name: builtin[name] for name in replaced})
+        warnings.warn(ReaderPluginWarning(f"{what} registers built-in reader names {replaced}; the built-in "
+                                          "readers are kept (register under another name)"), stacklevel=4)

@@ -20,8 +20,9 @@ import numpy as np
 import xarray as xr
 
 from dzspec.errors import InputError
-from dzspec.io.generic import flux_scale_from_unit, open_fits
+from dzspec.io.fits import open_fits
 from dzspec.io.registry import FileProbe, register_reader
+from dzspec.io.units import flux_scale_from_unit
 from dzspec.schema import INSTRUMENTS, SURVEYS, SpecMask, code_of, make_spectra_dataset
 
 __all__ = ["SDSS_GRID_NAME", "SDSS_LOGLAM_START", "SDSS_LOGLAM_STEP", "SDSS_NWAVE", "identify_sdss", "read_sdss",
@@ -118,14 +119,14 @@ def read_sdss(path: str | PathLike[str], *, keep_sky: bool = False) -> xr.Datase
     --------
     >>> import tempfile, numpy as np
     >>> from astropy.io import fits
-    >>> loglam = 3.6 + 1e-4 * np.arange(5)
-    >>> table = fits.BinTableHDU.from_columns([fits.Column("flux", "E", array=np.ones(5)),
-    ...     fits.Column("loglam", "E", array=loglam), fits.Column("ivar", "E", array=np.ones(5))], name="COADD")
+    >>> loglam = 3.6 + 1e-4 * np.arange(12)
+    >>> table = fits.BinTableHDU.from_columns([fits.Column("flux", "E", array=np.ones(12)),
+    ...     fits.Column("loglam", "E", array=loglam), fits.Column("ivar", "E", array=np.ones(12))], name="COADD")
     >>> name = tempfile.mkdtemp() + "/spec-toy.fits"
     >>> fits.HDUList([fits.PrimaryHDU(), table]).writeto(name)
     >>> ds = read_sdss(name)
     >>> ds.sizes["wavelength"], int((ds.ivar > 0).sum()), ds.attrs["grid_name"]
-    (6001, 5, 'sdss-loglam-3.5000-4.1000-1e-4')
+    (6001, 12, 'sdss-loglam-3.5000-4.1000-1e-4')
     """
     path = Path(path)
     with open_fits(path) as hdul:

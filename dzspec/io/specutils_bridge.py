@@ -73,7 +73,7 @@ import xarray as xr
 
 from dzspec.io import store as zstore
 from dzspec.io.bases import array_sha256
-from dzspec.io.generic import grid_attrs, medium_from_text
+from dzspec.io.units import grid_attrs, medium_from_text
 from dzspec.kernels.airvac import air_to_vacuum
 from dzspec.schema import (
     FLUX_UNIT,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import zarr
 
+from dzspec.engines.nmf.train import train_nmf
 from dzspec.errors import StoreError
 from dzspec.io.bases import array_sha256, load_basis, load_sky_continuum, save_basis, save_sky_continuum
-from dzspec.kernels.nmf_train import train_nmf
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid
 
 

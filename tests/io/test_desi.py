@@ -236,7 +236,7 @@ def test_unflagged_nan_flux_is_reported_flagged_nan_is_not(tmp_path):
         a["B_FLUX"][1, 4] = np.nan
         a["B_MASK"][1, 4] = 2  # masked by the pipeline: quiet
 
-    write_desi(tmp_path / "c.fits", {"B": (0, 10)}, mutate=mutate)
+    write_desi(tmp_path / "c.fits", {"B": (0, 12)}, mutate=mutate)
     with pytest.warns(BadSpectrumWarning, match=r"rows 0: NaN/inf flux in 1 pixels"):
         ds = read_desi(tmp_path / "c.fits")
     assert ds.mask.values[0, 2] & SpecMask.NONFINITE_FLUX and ds.flux.values[0, 2] == 0

@@ -13,13 +13,13 @@ from astropy.io import fits
 from astropy.table import Table
 
 from dzspec.cli import main
+from dzspec.engines.madgics.adapter import LAE_SCAN
+from dzspec.engines.nmf.adapter import ZFIND
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.export import REDROCK_COLUMNS, fibermap_table, redshift_table, write_export
 from dzspec.kernels.base import OutputSpec
-from dzspec.parallel.lae import LAE_SCAN
 from dzspec.parallel.runner import config_sha256
-from dzspec.parallel.zfind import ZFIND
 from dzspec.results_schema import FIELDS, LAEWarn, ZWarn
 from dzspec.testing import write_synthetic_store
 from tests.conftest import SHARED_DATA

@@ -272,8 +272,8 @@ def write_cube(path, data, stat=None, dq=None):
 
 
 def test_aperture_partial_dq_and_edges(tmp_path):
-    data = np.ones((4, 5, 6))
-    dq = np.zeros((4, 5, 6))
+    data = np.ones((12, 5, 6))  # 12 wavelengths: at least 10 usable pixels per aperture spectrum
+    dq = np.zeros((12, 5, 6))
     data[1, 2, 2] = np.nan
     dq[1, 2, 2] = 1  # one flagged spaxel: excluded from the sum
     data[2][dq[2] == 0] = np.nan

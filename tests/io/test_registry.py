@@ -1,13 +1,18 @@
 """Format detection by content: every real file finds its reader, whatever its name; junk is refused clearly."""
 
 import gzip
+import importlib
+import importlib.util
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from dzspec.errors import InputError, UnknownFormatError
+from dzspec.errors import InputError, ReaderPluginWarning, UnknownFormatError
 from dzspec.io.registry import identify_format, read_spectra, readers
 from tests.conftest import shared_file
 
@@ -112,3 +117,134 @@ def test_format_and_options_are_passed(tmp_path):
         read_spectra(path, "nope")
     with pytest.raises(InputError, match=r"coadd-special-dark-27247\.fits: no MUSE 1-D spectrum"):
         read_spectra(path, "muse")
+
+
+# ------------------------------------------------------------------------ how readers are found (plug-ins)
+
+TOY_MAGIC = b"TOYSPEC\n"
+
+
+def _toy_identify(probe):
+    with open(probe.path, "rb") as handle:
+        return handle.read(len(TOY_MAGIC)) == TOY_MAGIC
+
+
+def _toy_read(path):
+    from dzspec.schema import make_spectra_dataset
+
+    flux = np.loadtxt(path, skiprows=1, ndmin=2)
+    wave = 5000.0 + np.arange(flux.shape[1], dtype=float)
+    return make_spectra_dataset(wave, flux, np.ones_like(flux), source_file=path, reader="toy",
+                                coords={"targetid": np.arange(len(flux))})
+
+
+def _register_toy():
+    from dzspec.io.registry import register_reader
+
+    register_reader("toy", _toy_identify, _toy_read, priority=50, description="a third-party toy format")
+
+
+def _toy_file(tmp_path):
+    path = tmp_path / "spectra.toy"
+    path.write_bytes(TOY_MAGIC + b"\n".join(b" ".join([b"1.0"] * 12) for _ in range(2)) + b"\n")
+    return path
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    """Install fake ``dzspec.readers`` entry points; the table is loaded afresh (built-ins kept) and restored."""
+    import importlib.metadata
+    import types
+
+    from dzspec.io import registry
+
+    monkeypatch.setattr(registry, "_READERS", dict(registry.readers()))  # built-ins already imported
+    monkeypatch.setattr(registry, "_LOADED", False)
+    module = types.ModuleType("dzspec_toy_plugin")
+    module.register = _register_toy
+    module.register_then_fail = lambda: (_register_toy(), 1 / 0)
+    module.replace_desi = lambda: registry.register_reader("desi", lambda probe: False, _toy_read)
+    monkeypatch.setitem(sys.modules, "dzspec_toy_plugin", module)
+
+    def install(**values):
+        points = [importlib.metadata.EntryPoint(name, value, registry.ENTRY_POINT_GROUP)
+                  for name, value in values.items()]
+        monkeypatch.setattr(importlib.metadata, "entry_points",
+                            lambda group=None, **kw: [p for p in points if p.group == group])
+
+    return install
+
+
+def test_a_third_party_reader_comes_through_an_entry_point(tmp_path, plugins, capsys):
+    from dzspec.cli import main
+
+    plugins(toy="dzspec_toy_plugin:register")
+    path = _toy_file(tmp_path)
+    assert identify_format(path) == "toy"
+    ds = read_spectra(path)
+    assert ds.attrs["reader"] == "toy" and ds.sizes["spectrum"] == 2
+    assert list(readers()) == ["desi", "sdss", "muse_cube", "muse", "toy", "generic"]  # by priority (toy: 50)
+    assert identify_format(shared_file("desi_fastspecfit/coadd-special-dark-27247.fits")) == "desi"
+    assert main(["formats"]) == 0
+    assert "a third-party toy format" in capsys.readouterr().out
+
+
+def test_an_entry_point_may_name_a_module_that_registers_on_import(tmp_path, plugins, monkeypatch):
+    (tmp_path / "dzspec_toy_module.py").write_text(
+        "from dzspec.io.registry import register_reader\n"
+        "from tests.io.test_registry import _toy_identify, _toy_read\n"
+        "register_reader('toy', _toy_identify, _toy_read, description='a module plug-in')\n"
+    )
+    monkeypatch.syspath_prepend(tmp_path)
+    plugins(toy="dzspec_toy_module")
+    try:
+        assert identify_format(_toy_file(tmp_path)) == "toy"
+        assert readers()["toy"].description == "a module plug-in"
+    finally:
+        sys.modules.pop("dzspec_toy_module", None)
+
+
+def test_a_broken_plugin_warns_naming_it_and_the_builtins_still_work(tmp_path, plugins):
+    plugins(missing="dzspec_no_such_plugin", halfway="dzspec_toy_plugin:register_then_fail",
+            greedy="dzspec_toy_plugin:replace_desi")
+    with pytest.warns(ReaderPluginWarning) as caught:
+        names = list(readers())
+    messages = [str(w.message) for w in caught]
+    assert any("'missing' (dzspec_no_such_plugin) failed to load (ModuleNotFoundError" in m for m in messages)
+    assert any("'halfway' (dzspec_toy_plugin:register_then_fail) failed to load (ZeroDivisionError" in m
+               for m in messages)
+    assert any("'greedy'" in m and "built-in reader names ['desi']" in m for m in messages)
+    assert names == ["desi", "sdss", "muse_cube", "muse", "generic"]  # the half-registered toy was undone
+    assert identify_format(shared_file("desi_fastspecfit/coadd-special-dark-27247.fits")) == "desi"
+    assert read_spectra(shared_file("desi_fastspecfit/coadd-special-dark-27247.fits")).attrs["reader"] == "desi"
+    with pytest.raises(UnknownFormatError):
+        identify_format(_toy_file(tmp_path))
+
+
+def _imports_of(module):
+    import ast
+
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_registry_imports_no_reader_and_no_reader_imports_another():
+    from dzspec.io.registry import BUILTIN_READERS
+
+    assert not _imports_of("dzspec.io.registry") & set(BUILTIN_READERS)
+    for module in BUILTIN_READERS:
+        assert not _imports_of(module) & (set(BUILTIN_READERS) - {module}), module
+    code = ("import sys, dzspec.io.registry as r; "
+            "print(sorted(m for m in sys.modules if m in r.BUILTIN_READERS)); r.readers(); "
+            "print(sorted(m for m in sys.modules if m in r.BUILTIN_READERS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"  # importing the registry loads no reader...
+    assert out[1] == str(sorted(BUILTIN_READERS))  # ...consulting it loads them all

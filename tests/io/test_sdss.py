@@ -74,7 +74,8 @@ def test_off_lattice_and_out_of_range(tmp_path):
     far = write_spec(tmp_path / "far.fits", 4.0995 + 1e-4 * np.arange(10))
     with pytest.raises(InputError, match=r"far\.fits: loglam .* reaches outside the SDSS grid"):
         read_sdss(far)
-    gap = write_spec(tmp_path / "gap.fits", np.r_[loglam[:4], loglam[6:]])  # a gap is fine: padded
+    longer = 3.6 + 1e-4 * np.arange(12)
+    gap = write_spec(tmp_path / "gap.fits", np.r_[longer[:4], longer[6:]])  # a gap is fine: padded
     ds = read_sdss(gap)
     assert (ds.mask.values[0, 1004:1006] & SpecMask.NO_COVERAGE).all() and (ds.ivar.values[0, 1006] == 4.0)
 
@@ -88,8 +89,8 @@ def test_specobjid_too_large_for_int64(tmp_path):
 
 
 def test_unnamed_first_table_needs_sdss_signs(tmp_path):
-    loglam = 3.6 + 1e-4 * np.arange(10)
-    signed = write_spec(tmp_path / "spec-old.fits", loglam, and_mask=np.r_[0, 16, np.zeros(8, int)], hdu_name="")
+    loglam = 3.6 + 1e-4 * np.arange(11)
+    signed = write_spec(tmp_path / "spec-old.fits", loglam, and_mask=np.r_[0, 16, np.zeros(9, int)], hdu_name="")
     assert identify_format(signed) == "sdss"
     ds = read_sdss(signed)
     assert ds.mask.values[0, 1001] & SpecMask.INSTRUMENT

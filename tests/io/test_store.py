@@ -68,8 +68,8 @@ def test_results_group_is_presized_with_block_chunks(small_store):
 
 
 def test_resolve_spectra_group_names_the_choices(tmp_path):
-    path = write_synthetic_store(tmp_path / "two.zarr", nspectrum=4, nwave=10)
-    write_synthetic_store(path, nspectrum=4, nwave=12)
+    path = write_synthetic_store(tmp_path / "two.zarr", nspectrum=4, nwave=20)
+    write_synthetic_store(path, nspectrum=4, nwave=24)
     root = zstore.open_root(path)
     with pytest.raises(StoreError, match="holds 2 spectra groups"):
         zstore.resolve_spectra_group(root, None)

@@ -131,3 +131,42 @@ def test_desi_resolution_is_kept_on_request_with_smaller_chunks(tmp_path, shared
     flux_rows, resolution_rows = ds.flux.encoding["chunks"][0], ds.resolution.encoding["chunks"][0]
     assert flux_rows % resolution_rows == 0
     assert resolution_rows * 11 * ds.sizes["wavelength"] * 4 <= 64 * 2**20
+
+
+def _without_rows(source, target):
+    """A copy of a DESI coadd with every per-spectrum HDU cut to zero rows (wavelengths and headers kept)."""
+    with fits.open(source) as hdul:
+        out = [fits.PrimaryHDU(header=hdul[0].header)]
+        for hdu in hdul[1:]:
+            if isinstance(hdu, fits.BinTableHDU):
+                out.append(fits.BinTableHDU(hdu.data[:0], header=hdu.header, name=hdu.name))
+            elif hdu.data is not None and hdu.data.ndim >= 2:
+                out.append(fits.ImageHDU(hdu.data[:0], header=hdu.header, name=hdu.name))
+            else:
+                out.append(fits.ImageHDU(hdu.data, header=hdu.header, name=hdu.name))
+        fits.HDUList(out).writeto(target)
+    return target
+
+
+def test_a_file_without_spectra_is_named_and_skipped_and_the_others_ingested(tmp_path, shared_data, capsys):
+    from dzspec.cli import main
+    from dzspec.errors import SkippedInputWarning
+
+    real = shared_data / REAL_FILES[0]
+    empty = _without_rows(real, tmp_path / "coadd-empty.fits")
+    assert read_spectra(empty).sizes["spectrum"] == 0  # the reader accepts it; the batch must not choke on it
+    skipped = r"coadd-empty\.fits: holds no spectra \(desi reader: 0 rows\); skipped, the other files are ingested"
+    with make_client(n_workers=1, processes=False) as client, pytest.warns(SkippedInputWarning, match=skipped):
+        report = ingest([real, empty], tmp_path / "s.zarr", client, progress=False)
+    assert report.ok and report.ingested == {str(real): 1}
+    assert report.skipped == {str(empty): "holds no spectra (desi reader: 0 rows)"}
+    assert f"skipped {empty}: holds no spectra" in report.summary()
+    ds = zstore.open_spectra(tmp_path / "s.zarr")
+    assert ds.sizes["spectrum"] == 1 and [m["path"] for m in ds.attrs["manifest"]] == [str(real)]
+    assert validate_store(tmp_path / "s.zarr") == []
+
+    with pytest.warns(SkippedInputWarning, match=r"coadd-empty\.fits: holds no spectra"):  # the CLI alike
+        assert main(["ingest", str(empty), str(real), "--store", str(tmp_path / "cli.zarr"), "--workers", "1",
+                     "--no-progress"]) == 0
+    assert f"skipped {empty}: holds no spectra" in capsys.readouterr().out
+    assert zstore.open_spectra(tmp_path / "cli.zarr").sizes["spectrum"] == 1

@@ -1,33 +1,23 @@
-"""The Zarr store: spectra groups, the ingest manifest, and pre-sized results groups with per-block done flags.
+"""Spectra groups: opening a store, one group per wavelength grid, rows, the ingest manifest, the input id.
 
-Layout of a store (Zarr v3 by default)::
+A spectra group ``spectra/<grid>`` holds spectra that share one wavelength grid (never resampled into another)::
 
-    store.zarr/                      root attrs: dzspec_schema_version, dzspec_version
-      spectra/<grid>/                one group per wavelength grid (never resampled into another)
-        flux ivar mask (spectrum, wavelength)   wavelength (wavelength)   per-spectrum coords (spectrum)
-        attrs: manifest of ingested files (sha256, path, rows, status), chunk_rows, store_uid, provenance
-      results/<grid>/<kernel>/       same spectrum dim and chunking as the block plan
-        <outputs> (spectrum, ...)   targetid (spectrum)   run_status (spectrum): not_run | ok | failed
-        block_done (block,) bool, chunk 1, written last   attrs: failed_blocks (block -> error)
+    flux ivar mask (spectrum, wavelength)   wavelength (wavelength)   per-spectrum coords (spectrum)
+    attrs: manifest of ingested files (sha256, path, rows, status), chunk_rows, store_uid, provenance
 
-Arrays are created directly with zarr-python, carrying ``dimension_names`` and the ``coordinates`` attribute so
-that :func:`xarray.open_zarr` reads them lazily as a normal Dataset. Every write covers whole chunks except the
-ingest writes, whose chunks are owned by exactly one task each (see :mod:`dzspec.parallel.ingest`).
+Arrays are created directly with zarr-python (:func:`create_array`), carrying ``dimension_names`` and the
+``coordinates`` attribute so that :func:`xarray.open_zarr` reads them lazily as a normal Dataset. The ingest writes
+(:func:`write_rows`) go to chunks owned by exactly one task each (see :mod:`dzspec.parallel.ingest`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import socket
-import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -39,24 +29,27 @@ from zarr.codecs import BloscCodec
 
 from dzspec._version import __version__
 from dzspec.errors import BadSpectrumWarning, SchemaError, StoreError
-from dzspec.results_schema import CANDIDATE_DIM, FIELDS, ZNote, output_specs, upgrade_names
-from dzspec.schema import RUN_STATUS, SCHEMA_VERSION, SPECTRUM_COORDS, IngestWarn, duplicated_targetid_rows, flag_attrs
+from dzspec.schema import SCHEMA_VERSION, SPECTRUM_COORDS, IngestWarn, duplicated_targetid_rows
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
-    "BlockPlan",
     "chunk_rows_for",
     "create_array",
+    "create_spectra_group",
+    "ensure_spectrum_arrays",
     "flag_duplicate_targetids",
     "groups_holding",
+    "input_id",
     "jsonable",
-    "open_results",
+    "manifest_of",
     "open_root",
     "open_spectra",
     "read_rows",
-    "run_lock",
+    "resize_spectra_group",
+    "resolve_spectra_group",
+    "set_manifest",
     "spectra_groups",
-    "upgrade_results",
+    "write_rows",
 ]
 
 #: Byte budget of one flux chunk; 64 MiB gives 2048 DESI or 4096 MUSE spectra per chunk.
@@ -79,36 +72,6 @@ def chunk_rows_for(nwave: int, budget_bytes: int = DEFAULT_CHUNK_BYTES, itemsize
     """
     rows = max(1, budget_bytes // max(1, nwave * itemsize))
     return 1 << (rows.bit_length() - 1)
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """A partition of ``nspectrum`` rows into blocks of ``block_rows`` (the last may be shorter).
-
-    Examples
-    --------
-    >>> plan = BlockPlan(10, 4)
-    >>> plan.nblocks, plan.bounds(2)
-    (3, (8, 10))
-    """
-
-    nspectrum: int
-    block_rows: int
-
-    def __post_init__(self) -> None:
-        if self.block_rows < 1:
-            raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
-
-    @property
-    def nblocks(self) -> int:
-        return max(1, math.ceil(self.nspectrum / self.block_rows)) if self.nspectrum else 0
-
-    def bounds(self, block: int) -> tuple[int, int]:
-        start = block * self.block_rows
-        return start, min(start + self.block_rows, self.nspectrum)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"nspectrum": self.nspectrum, "block_rows": self.block_rows, "nblocks": self.nblocks}
 
 
 # --------------------------------------------------------------------------------------------- opening
@@ -165,11 +128,6 @@ def groups_holding(root: zarr.Group, top: str, marker: str) -> list[tuple[str, z
     return walk(root[top], top) if top in root else []
 
 
-def results_groups(root: zarr.Group) -> list[tuple[str, zarr.Group]]:
-    """``(path, group)`` of every results group (a group holding ``block_done``) under ``results/``."""
-    return groups_holding(root, "results", "block_done")
-
-
 def resolve_spectra_group(root: zarr.Group, group: str | None) -> str:
     """The spectra group to use: the given one (``<grid>`` or ``spectra/<grid>``), or the only one."""
     groups = spectra_groups(root)
@@ -199,41 +157,6 @@ def open_spectra(path: str | PathLike[str], group: str | None = None) -> xr.Data
     """
     root = open_root(path)
     return xr.open_zarr(str(path), group=resolve_spectra_group(root, group), consolidated=False)
-
-
-def open_results(path: str | PathLike[str], results: str) -> xr.Dataset:
-    """Open a results group (``results/<grid>/<kernel>``) lazily as an xarray Dataset, in today's vocabulary.
-
-    Results written before :mod:`dzspec.results_schema` open under its names: renamed variables and dimensions
-    (:func:`~dzspec.results_schema.upgrade_names`), the LAE scan's ``z_coarse`` + ``z_alt`` as ``candidate_z`` (and
-    their Δχ² as ``candidate_lae_dchi2``), and the NMF ``zwarn`` bit 12 as ``znote`` NEGATIVE_MEDIAN_FLUX.
-    """
-    open_root(path)
-    ds = xr.open_zarr(str(path), group=results, consolidated=False)
-    return upgrade_results(ds, str(ds.attrs.get("kernel", results.rstrip("/").split("/")[-1])))
-
-
-def upgrade_results(ds: xr.Dataset, engine: str) -> xr.Dataset:
-    """``ds`` (results of ``engine``) in today's vocabulary; unchanged when it already is (lazy, nothing computed)."""
-    variables, dims = upgrade_names(engine, ds.data_vars)
-    ds = ds.rename_dims(dims).rename_vars(variables) if variables else ds
-    if engine == "madgics_lae" and "candidate_z" not in ds and {"z_coarse", "z_alt"} <= set(ds.data_vars):
-        for new, first, rest in (("candidate_z", "z_coarse", "z_alt"),
-                                 ("candidate_lae_dchi2", "lae_dchi2_coarse", "lae_dchi2_alt")):
-            stacked = xr.concat([ds[first].expand_dims(alternative=1), ds[rest]], dim="alternative")
-            ds[new] = stacked.transpose("spectrum", "alternative").rename(alternative=CANDIDATE_DIM)
-            ds[new].attrs = FIELDS[new].attrs()
-        ds = ds.drop_vars(["z_coarse", "z_alt", "lae_dchi2_coarse", "lae_dchi2_alt"])
-        ds["deltachi2"] = ds["candidate_lae_dchi2"][:, 1] - ds["candidate_lae_dchi2"][:, 0]
-        ds["deltachi2"].attrs = FIELDS["deltachi2"].attrs()
-    if engine == "nmf_zfind" and "zwarn" in ds and "znote" not in ds:  # bit 12 was NEGATIVE_MEDIAN_FLUX
-        old_bit = np.uint32(1 << 12)
-        ds["znote"] = xr.where((ds["zwarn"] & old_bit) != 0, np.uint32(ZNote.NEGATIVE_MEDIAN_FLUX), np.uint32(0))
-        ds["znote"].attrs = FIELDS["znote"].attrs()
-        attrs = ds["zwarn"].attrs
-        ds["zwarn"] = ds["zwarn"] & ~old_bit
-        ds["zwarn"].attrs = {**attrs, **output_specs(engine, ["zwarn"])["zwarn"].attrs}
-    return ds
 
 
 # ------------------------------------------------------------------------------------ spectra groups
@@ -400,137 +323,3 @@ def input_id(group: zarr.Group) -> str:
         [group.attrs["store_uid"], _nspectrum(group), [m["sha256"] for m in manifest_of(group)]]
     )
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------ results groups
-
-
-def create_results_group(
-    root: zarr.Group,
-    path: str,
-    plan: BlockPlan,
-    outputs: Mapping[str, Any],
-    attrs: Mapping[str, Any],
-    targetid: np.ndarray,
-) -> zarr.Group:
-    """Create a pre-sized results group: one array per output, ``targetid``, ``run_status`` (all not_run) and
-    ``block_done`` (all False). Every input row has its output row from the start.
-
-    ``outputs`` maps names to :class:`dzspec.kernels.base.OutputSpec`. Output chunks equal the plan's block, so
-    each block's region write covers whole chunks and no two tasks ever touch one chunk.
-    """
-    group = root.create_group(path, overwrite=True)
-    n = plan.nspectrum
-    rows = max(1, min(plan.block_rows, max(n, 1)))
-    for name, spec in outputs.items():
-        create_array(group, name, (n, *spec.sizes), (rows, *spec.sizes), spec.dtype, spec.fill,
-                ("spectrum", *spec.dims), spec.attrs)
-    tid = create_array(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
-    tid[:] = targetid
-    create_array(group, "run_status", (n,), (rows,), "uint8", 0, ("spectrum",),
-            {**flag_attrs(RUN_STATUS), "description": "whether the spectrum's outputs were computed; failed: "
-             "its block failed (the group's failed_blocks attribute gives the error), run again with --resume"})
-    create_block_flags(group, plan.nblocks)
-    for name in (*outputs, "run_status"):
-        group[name].attrs["coordinates"] = "targetid"
-    group.attrs.update(jsonable({**attrs, "plan": plan.as_dict(), "status": "running",
-                                  "dzspec_version": __version__}))
-    return group
-
-
-def create_block_flags(group: zarr.Group, nblocks: int) -> zarr.Array:
-    """The ``block_done`` array of a group: bool, all False, chunk 1 and never sharded, so that setting one
-    flag rewrites one tiny object and no two tasks ever share one."""
-    return create_array(group, "block_done", (nblocks,), (1,), "bool", False, ("block",),
-                   {"description": "True once the block's outputs are completely written"})
-
-
-def write_block(group: zarr.Group, start: int, values: Mapping[str, np.ndarray]) -> None:
-    """Write one block's outputs (whole chunks) into a results group."""
-    for name, array in values.items():
-        target = group[name]
-        stop = start + array.shape[0]
-        if array.shape[1:] != target.shape[1:]:
-            raise StoreError(f"{group.path}/{name}: block of shape {array.shape} for array {target.shape}")
-        target[start:stop] = array.astype(target.dtype, copy=False)
-
-
-def mark_block_done(group: zarr.Group, block: int, rows: tuple[int, int] | None = None) -> None:
-    """Set a block's done flag; called only after every output of the block is written. With ``rows``, the
-    block's ``run_status`` becomes ok first."""
-    if rows is not None:
-        group["run_status"][rows[0]:rows[1]] = RUN_STATUS.index("ok")
-    group["block_done"][block] = True
-
-
-def mark_rows_failed(group: zarr.Group, rows: tuple[int, int]) -> None:
-    """Flag rows whose block failed (``run_status`` failed); their block stays not-done, so a resume retries it."""
-    group["run_status"][rows[0]:rows[1]] = RUN_STATUS.index("failed")
-
-
-def done_blocks(group: zarr.Group) -> np.ndarray:
-    """Boolean done flags of all blocks."""
-    return np.asarray(group["block_done"][:], dtype=bool)
-
-
-@contextlib.contextmanager
-def run_lock(store: str | PathLike[str], results: str) -> Iterator[Path | None]:
-    """Hold ``<store>/<results>.lock`` while a run writes ``results``, so that a second run started on the same
-    output refuses instead of interleaving writes with the first.
-
-    The lock file names the host and process. A lock left by a process of this host that no longer exists (a
-    killed run) is taken over, so ``--resume`` after a SIGKILL just works; a live holder, or one on another host,
-    is a :class:`StoreError` naming it and the file to remove if that run is really gone. Stores that are not
-    local directories (object stores) are not locked (None is yielded).
-    """
-    root = Path(str(store))
-    if not root.is_dir():
-        yield None
-        return
-    path = root / f"{results}.lock"
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = _create_exclusive(path)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == mine["host"] and not _pid_alive(int(holder.get("pid", -1))):
-                path.unlink(missing_ok=True)  # its run was killed: take over
-                continue
-            raise StoreError(f"{root}/{results} is being written by another run ({holder or 'unknown holder'}); "
-                             f"wait for it, or remove {path} if that run is gone") from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(mine, handle)
-        break
-    else:  # pragma: no cover - a third run raced us between the unlink and the create
-        raise StoreError(f"{root}/{results}: could not take the run lock {path}")
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _create_exclusive(path: Path) -> int:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise
-    except OSError as exc:  # a read-only or full output location fails here, before any work
-        raise StoreError(f"cannot take the run lock {path}: {exc.strerror or exc}; the output location must be "
-                         "writable") from exc
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
