@@ -88,7 +88,7 @@ def simulate(
     config: Any = None,
     ingredient_paths: dict[str, str] | None = None,
     chunk_rows: int | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     continua: str | None = None,
 ) -> Any:
     """Simulate ``nspectrum`` spectra of ``survey`` (``"muse"`` or ``"desi"``) into ``store`` on ``client``.

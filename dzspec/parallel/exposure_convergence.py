@@ -10,7 +10,7 @@ Layout of the output (default ``stats/exposure_convergence`` of the exposures' s
 
 Each task reads only its own targets' exposures (the rows of the exposures group whose ``targetid`` is one of its
 targets), coadds bootstrap subsets and scans them with a prior loaded once per worker
-(:func:`~dzspec.kernels.exposure_convergence.target_convergence`), writes its rows and sets its done flag. The
+(:func:`~dzspec.engines.madgics.exposure_convergence.target_convergence`), writes its rows and sets its done flag. The
 driver holds only per-exposure ``targetid`` and per-target columns, never spectra. Draws are seeded by the target's
 row, so the results do not depend on the block size or the number of workers.
 """
@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,20 +31,20 @@ import xarray as xr
 from distributed import Client
 
 from dzspec._version import __version__
-from dzspec.errors import StoreError
-from dzspec.io import store as zstore
-from dzspec.io.priors import LoadedPrior, load_lae_prior
-from dzspec.kernels.base import OutputSpec
-from dzspec.kernels.exposure_convergence import (
+from dzspec.engines.madgics.adapter import cached_prior
+from dzspec.engines.madgics.exposure_convergence import (
     SIGMA_Z_CONVERGED,
     ConvergenceWarn,
     Spread,
     converged_counts,
     target_convergence,
 )
-from dzspec.kernels.madgics import scan_lae
-from dzspec.parallel.bounded import map_bounded
-from dzspec.parallel.lae import cached_prior
+from dzspec.engines.madgics.scan import scan_lae
+from dzspec.errors import StoreError
+from dzspec.io import store as zstore
+from dzspec.io.priors import LoadedPrior, load_lae_prior
+from dzspec.kernels.base import OutputSpec
+from dzspec.parallel.core import map_blocks
 from dzspec.schema import flag_attrs
 
 __all__ = [
@@ -112,6 +111,13 @@ def _outputs(n_max: int, n_draws: int, attrs: dict[str, Any]) -> dict[str, Outpu
         "exptime_draws": OutputSpec("float64", *per_draw, attrs={"units": "s"}),
         "convergence_warn": OutputSpec("uint32", fill=0, attrs=flag_attrs(ConvergenceWarn)),
     }
+
+
+def _convergence_task(block: int, start: int, stop: int, store: str, out: str, exposures: str,
+                      exposure_rows: list[np.ndarray], line_flux: np.ndarray, params: dict[str, Any]) -> int:
+    """One block-map task: the block's targets of the whole run's rows and line fluxes."""
+    return _convergence_block(store, out, exposures, block, start, exposure_rows[start:stop], line_flux[start:stop],
+                              **params)
 
 
 def _convergence_block(store: str, out: str, exposures: str, block: int, start: int,
@@ -224,7 +230,7 @@ def exposure_convergence(
     overwrite: bool = False,
     max_in_flight: int | None = None,
     retries: int = 1,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> ConvergenceReport:
     """Exposure-time convergence of the MADGICS LAE redshift (U25 §4.3) for every target, into ``store``/``out``.
 
@@ -255,7 +261,7 @@ def exposure_convergence(
     exptime_edges, flux_thresholds, tolerance
         The Fig. 9 grid (:func:`convergence_grid`).
     z_min, n_shifts, fine_half_width
-        The scan (:func:`~dzspec.kernels.madgics.scan_lae`; defaults U25's).
+        The scan (:func:`~dzspec.engines.madgics.scan.scan_lae`; defaults U25's).
     out
         Output group in ``store``.
     block_targets
@@ -310,30 +316,20 @@ def exposure_convergence(
             group.create_array(name, shape=values.shape, chunks=values.shape, dtype=values.dtype,
                                dimension_names=(name,), fill_value=0)[...] = values
     done = zstore.done_blocks(group)
-    pending = [b for b in range(plan.nblocks) if not done[b]]
-    log.info("%s: %d targets in %d blocks; %d already done", path, target_ids.size, plan.nblocks,
-             plan.nblocks - len(pending))
-    tasks = ((b, (store, out, exposures, b, plan.bounds(b)[0], rows[slice(*plan.bounds(b))],
-                  line_flux[slice(*plan.bounds(b))])) for b in pending)
-    failed: dict[int, str] = {}
-    computed = 0
-    task = partial(_convergence_block, **params)
-    for block, _, error in map_bounded(client, task, tasks, max_in_flight=max_in_flight, retries=retries,
-                                       desc="exposure convergence", total=plan.nblocks,
-                                       initial=plan.nblocks - len(pending), progress=progress):
-        if error is None:
-            computed += 1
-        else:
-            failed[block] = f"{type(error).__name__}: {error}"
-            log.error("convergence block %d failed: %s", block, error)
+    log.info("%s: %d targets in %d blocks; %d already done", path, target_ids.size, plan.nblocks, int(done.sum()))
+    stage = map_blocks(client, _convergence_task, [plan.bounds(b) for b in range(plan.nblocks)], done=done,
+                       args=(store, out, exposures, rows, line_flux, params), name="exposure convergence",
+                       describe=lambda block, error: f"{type(error).__name__}: {error}",
+                       max_in_flight=max_in_flight, retries=retries, progress=progress)
+    failed = stage.failed
     table = zstore.open_results(store, path)
     grid = convergence_grid(table, exptime_edges, flux_thresholds, tolerance=tolerance)
     grid.attrs.update({"config_sha256": config_sha, "complete": int(not failed and bool(group["block_done"][:].all())),
                        "dzspec_version": __version__})
     grid.to_zarr(store, group=f"{out}/grid", mode="w", consolidated=False)
     group.attrs["status"] = "complete" if bool(zstore.done_blocks(group).all()) else "running"
-    return ConvergenceReport(f"{store}/{out}", int(target_ids.size), plan.nblocks, plan.nblocks - len(pending),
-                             computed, failed, table, grid)
+    return ConvergenceReport(f"{store}/{out}", int(target_ids.size), plan.nblocks, stage.already_done,
+                             stage.computed, failed, table, grid)
 
 
 def convergence_grid(table: xr.Dataset, exptime_edges: Sequence[float] = DEFAULT_EXPTIME_EDGES,
@@ -342,7 +338,7 @@ def convergence_grid(table: xr.Dataset, exptime_edges: Sequence[float] = DEFAULT
     """The Fig. 9 grid and per-n summaries from a per-target table (as :func:`exposure_convergence` writes it).
 
     Reads the table ``chunk_targets`` rows at a time (dask or NumPy backed alike) and sums
-    :func:`~dzspec.kernels.exposure_convergence.converged_counts`; the per-n quantiles of sigma_z hold one float
+    :func:`~dzspec.engines.madgics.exposure_convergence.converged_counts`; the per-n quantiles of sigma_z hold one float
     per (target, n) in memory.
 
     Returns

@@ -30,7 +30,7 @@ from dzspec._version import __version__
 from dzspec.errors import DzspecWarning, StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.simulate.common import SimulatedBlock
-from dzspec.parallel.bounded import map_bounded, peak_rss_bytes
+from dzspec.parallel.core import RunReport, map_blocks, peak_rss_bytes
 from dzspec.schema import INSTRUMENTS, SURVEYS, IngestWarn, code_of, flag_attrs, make_spectra_dataset
 
 __all__ = ["GenerateReport", "generate_to_store", "run_id"]
@@ -39,23 +39,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerateReport:
-    """What a simulation run did."""
+class GenerateReport(RunReport):
+    """What a simulation run did: the block-map report plus the run's id, size and exposures group."""
 
-    group: str
-    run: str
-    nspectrum: int
-    nblocks: int
-    already_done: int
-    computed: int
-    failed: dict[int, str]
-    seconds: float
-    peak_worker_rss_bytes: int
+    run: str = ""
+    nspectrum: int = 0
     exposures_group: str | None = None
 
     @property
-    def complete(self) -> bool:
-        return not self.failed and self.already_done + self.computed == self.nblocks
+    def group(self) -> str:
+        return self.results
 
     def summary(self) -> str:
         rate = self.nspectrum * self.computed / max(self.nblocks, 1) / max(self.seconds, 1e-9)
@@ -112,9 +105,9 @@ def _targetids(run: str, rows: np.ndarray) -> np.ndarray:
     return (np.int64(int(run[:6], 16)) << np.int64(32)) + rows.astype(np.int64)
 
 
-def _generate_block(store: str, group: str, exposures_group: str | None, run: str, spec: Any, seed: int,
-                    config: Any, paths: tuple[tuple[str, str], ...], code: int, block: int, start: int, stop: int,
-                    run_start: int, nexp: int) -> tuple[int, int]:
+def _generate_block(block: int, start: int, stop: int, store: str, group: str, exposures_group: str | None,
+                    run: str, spec: Any, seed: int, config: Any, paths: tuple[tuple[str, str], ...], code: int,
+                    run_start: int, nexp: int) -> int:
     root = zstore.open_root(store, mode="r+")
     rows = np.arange(start - run_start, stop - run_start)
     simulated = spec.simulate(rows, seed, config, _ingredients(spec.load_ingredients, paths))
@@ -138,7 +131,7 @@ def _generate_block(store: str, group: str, exposures_group: str | None, run: st
         zstore.write_rows(root[exposures_group], exp_ds, int(rows[0] * nexp))
     zstore.write_rows(root[group], target.assign_coords(**coords), start)
     zstore.mark_block_done(root[f"progress/{run}"], block)
-    return block, peak_rss_bytes()
+    return peak_rss_bytes()
 
 
 def generate_to_store(
@@ -153,7 +146,7 @@ def generate_to_store(
     chunk_rows: int | None = None,
     max_in_flight: int | None = None,
     retries: int = 1,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> GenerateReport:
     """Simulate ``nspectrum`` spectra with ``spec`` (a :class:`dzspec.simulate.SimulatorSpec`) into ``store``.
 
@@ -233,22 +226,16 @@ def generate_to_store(
     done = zstore.done_blocks(root[progress_path])
     if done.size != len(bounds):
         raise StoreError(f"{store}/{progress_path}: {done.size} block flags for {len(bounds)} blocks")
-    pending = [b for b in range(len(bounds)) if not done[b]]
     log.info("%s: run %s, %d spectra in %d blocks; %d already done", group_path, run, nspectrum, len(bounds),
-             len(bounds) - len(pending))
-    report = GenerateReport(group_path, run, nspectrum, len(bounds), len(bounds) - len(pending), 0, {}, 0.0, 0,
-                            exposures_group)
-    tasks = ((b, (store, group_path, exposures_group, run, spec, seed, config, paths, code, b, *bounds[b],
-                  run_start, nexp)) for b in pending)
-    for block, outcome, error in map_bounded(client, _generate_block, tasks, max_in_flight=max_in_flight,
-                                             retries=retries, desc=f"simulate {spec.survey}", total=len(bounds),
-                                             initial=report.already_done, progress=progress):
-        if error is None:
-            report.computed += 1
-            report.peak_worker_rss_bytes = max(report.peak_worker_rss_bytes, outcome[1])
-        else:
-            report.failed[block] = f"{type(error).__name__}: {error}"
-            log.error("simulation block %d failed: %s", block, error)
+             int(done.sum()))
+    stage = map_blocks(client, _generate_block, bounds, done=done,
+                       args=(store, group_path, exposures_group, run, spec, seed, config, paths, code, run_start, nexp),
+                       name=f"simulate {spec.survey}", max_in_flight=max_in_flight, retries=retries,
+                       progress=progress,
+                       describe=lambda block, error: f"{type(error).__name__}: {error}")
+    report = GenerateReport(group_path, stage.nblocks, stage.already_done, stage.computed, stage.failed,
+                            stage.peak_worker_rss_bytes, run=run, nspectrum=nspectrum,
+                            exposures_group=exposures_group)
     report.seconds = time.perf_counter() - t0
     if bool(zstore.done_blocks(root[progress_path]).all()):
         manifest = zstore.manifest_of(group)

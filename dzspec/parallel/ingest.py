@@ -2,7 +2,8 @@
 
 1. **Probe** (parallel): hash each file; files whose SHA-256 the store already lists as done are skipped without
    being read; the others are read once to learn their reader, grid, size and coordinates (their warnings are
-   collected and re-emitted here, naming file and rows). Unreadable files are reported, never fatal to the batch.
+   collected and re-emitted here, naming file and rows). Unreadable files are reported, never fatal to the batch;
+   files that hold no spectra are skipped with a :class:`~dzspec.errors.SkippedInputWarning`.
 2. **Plan** (driver): each file's rows go to the end of the group of its wavelength grid, in sorted path order;
    files left ``pending`` by an interrupted ingest keep their rows. The manifest is written (status
    ``pending``) and the arrays are resized *before* any data is written.
@@ -29,11 +30,11 @@ import xarray as xr
 from distributed import Client
 
 from dzspec._version import __version__
-from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError, UnknownFormatError
+from dzspec.errors import BadSpectrumWarning, DzspecWarning, InputError, SkippedInputWarning, UnknownFormatError
 from dzspec.io import store as zstore
 from dzspec.io.registry import identify_format, read_spectra
-from dzspec.parallel.bounded import map_bounded
-from dzspec.schema import file_sha256
+from dzspec.parallel.core import PerBlock, map_blocks, map_bounded
+from dzspec.schema import IngestWarn, file_sha256, flag_attrs
 
 __all__ = ["IngestReport", "expand_inputs", "ingest"]
 
@@ -49,7 +50,7 @@ class IngestReport:
 
     store: str
     ingested: dict[str, int] = field(default_factory=dict)  # path -> spectra written
-    skipped: dict[str, str] = field(default_factory=dict)  # path -> why (already in the store, duplicate)
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why (already in the store, duplicate, empty)
     failed: dict[str, str] = field(default_factory=dict)  # path -> error message (which names the path)
     groups: dict[str, int] = field(default_factory=dict)  # spectra group -> total spectra after ingest
 
@@ -111,13 +112,15 @@ def _probe_file(path: str, fmt: str | None, options: ReaderOptions, done: frozen
     probe.reader = reader
     probe.grid_name = ds.attrs["grid_name"]
     probe.nrows = ds.sizes["spectrum"]
-    probe.template = ds.isel(spectrum=slice(0, 1)).copy(deep=True)
+    if probe.nrows:  # a file without spectra has no template; the driver skips it
+        probe.template = ds.isel(spectrum=slice(0, 1)).copy(deep=True)
     return probe
 
 
-def _write_chunk(store: str, group: str, pieces: list[tuple[str, str, int, int, int, int]],
-                 options: ReaderOptions) -> int:
-    """Write the pieces ``(path, reader, code, file_lo, file_hi, dest_lo)`` that make up one store chunk."""
+def _write_chunk(block: int, start: int, stop: int, store: str, group: str,
+                 pieces: list[tuple[str, str, int, int, int, int]], options: ReaderOptions) -> int:
+    """Write the pieces ``(path, reader, code, file_lo, file_hi, dest_lo)`` that make up one store chunk (rows
+    ``start:stop`` of the group; a block of the write stage)."""
     target = zstore.open_root(store, mode="r+")[group]
     cache: dict[str, xr.Dataset] = {}
     written = 0
@@ -157,7 +160,7 @@ def ingest(
     chunk_rows: int | None = None,
     chunk_bytes: int = zstore.DEFAULT_CHUNK_BYTES,
     skip_unknown: bool = False,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> IngestReport:
     """Ingest files (or directories of files) into a store, one spectra group per wavelength grid.
 
@@ -211,6 +214,10 @@ def ingest(
                 f"{paths[index]}: {type(error).__name__}: {error}")
         elif probe.skipped:
             report.skipped[probe.path] = f"already in the store (same SHA-256 as {done[probe.sha256]})"
+        elif probe.nrows == 0:
+            report.skipped[probe.path] = f"holds no spectra ({probe.reader} reader: 0 rows)"
+            warnings.warn(SkippedInputWarning(f"{probe.path}: holds no spectra ({probe.reader} reader: 0 rows); "
+                                              "skipped, the other files are ingested"), stacklevel=2)
         else:
             probes.append(probe)
     for probe in sorted(probes, key=lambda p: p.path):
@@ -283,18 +290,20 @@ def _ingest_group(client: Client, root: Any, store: str, group_path: str, member
         template = probe.template.assign_coords(source_file=("spectrum", np.zeros(1, np.int32)))
         zstore.ensure_spectrum_arrays(group, template)
     group["source_file"].attrs["description"] = "index into the manifest attribute of this group"
+    group["ingest_warn"].attrs.update(flag_attrs(IngestWarn))  # groups written before a bit was added learn it
     # Manifest and sizes first: if we die while writing, the rerun finds the same rows reserved.
     zstore.set_manifest(group, manifest)
     zstore.resize_spectra_group(group, nrows)
 
     codes = {entry["sha256"]: index_of[entry["sha256"]] for entry in to_write}
     chunks = _chunk_tasks(to_write, codes, int(group.attrs["chunk_rows"]))
-    failed_chunks: dict[int, str] = {}
-    tasks = ((chunk, (store, group_path, pieces, options)) for chunk, pieces in sorted(chunks.items()))
-    for chunk, _, error in map_bounded(client, _write_chunk, tasks, retries=1, desc=f"write {group_path}",
-                                       total=len(chunks), progress=progress):
-        if error is not None:
-            failed_chunks[chunk] = f"{type(error).__name__}: {error}"
+    order = sorted(chunks)  # one block per store chunk: no two writers ever share a chunk
+    rows = int(group.attrs["chunk_rows"])
+    stage = map_blocks(client, _write_chunk, [(c * rows, (c + 1) * rows) for c in order],
+                       args=(store, group_path, PerBlock(chunks[c] for c in order), options), retries=1,
+                       name=f"write {group_path}", describe=lambda block, error: f"{type(error).__name__}: {error}",
+                       progress=progress)
+    failed_chunks = {order[block]: text for block, text in stage.failed.items()}
     bad_files = {piece[0]: failed_chunks[c] for c, pieces in chunks.items() if c in failed_chunks for piece in pieces}
     for entry in to_write:
         if entry["path"] in bad_files:

@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dask_mpi.initialize(nthreads=1, dashboard=False)  # ranks other than 1 stay inside until the run ends
     with Client() as client:
         client.register_plugin(WorkerTuning())
-        run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite,
+                     progress=False if args.no_progress else None)  # None: bars only on a terminal
     return 0
 
 

@@ -1,88 +1,81 @@
-"""``dzspec calibrate-noise``: the per-wavelength noise calibration of a spectra group, as one Dask reduction.
+"""``dzspec calibrate-noise``: the per-wavelength noise calibration of a spectra group, as one block reduction.
 
 Each chunk of spectra becomes a per-pixel histogram of normalised residuals
-(:func:`dzspec.kernels.noise_calibration.residual_histogram`); Dask sums them in a tree on the active scheduler, so
+(:func:`dzspec.kernels.noise_calibration.residual_histogram`), summed on the workers in a fixed tree by
+:func:`dzspec.parallel.core.reduce_blocks` (partials checkpointed in the store, so an interrupted pass resumes), so
 only one ``(nwave, nbins)`` table reaches this process whatever the store's size. The calibration is written to
 ``calibration/<grid>/<name>`` (:mod:`dzspec.io.noise`) and used by ``dzspec zfind`` and ``dzspec lae``: the driver
 names it in the run's parameters (:func:`noise_params`, so its checksum enters the results' provenance) and each
-worker divides the inverse variance of its blocks by its square (:func:`calibrated_ivar`, loaded once per worker).
+worker divides the inverse variance of its blocks by its square (:func:`dzspec.engines.adapter.calibrated_ivar`,
+loaded once per worker).
 """
 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from os import PathLike
+from pathlib import Path
 
-import dask.array as da
 import numpy as np
+from distributed import Client, get_client
 
 from dzspec.io import store as zstore
 from dzspec.io.noise import NoiseCalibration, calibration_path, load_noise_calibration, save_noise_calibration
 from dzspec.kernels.noise_calibration import (
-    HISTOGRAM_EDGES,
     MIN_SPECTRA,
     calibration_from_histogram,
     resample_calibration,
     residual_histogram,
 )
+from dzspec.parallel.core import Checkpoint, Provenance, reduce_blocks
 
-__all__ = ["MIN_SURVEY_SPECTRA", "NOISE_PARAMS", "calibrate_noise", "calibrated_ivar", "instrument_default",
-           "noise_params", "residual_histogram_total", "resolve_noise_calibration"]
+__all__ = ["MIN_SURVEY_SPECTRA", "calibrate_noise", "instrument_default", "noise_params",
+           "resolve_noise_calibration"]
 
 log = logging.getLogger(__name__)
 
 #: Spectra a group needs before ``zfind`` measures its calibration by itself (METHODS §5.7: a few hundred).
 MIN_SURVEY_SPECTRA = 300
 #: The kernel parameters naming a calibration (all "" for none): its store, spectra group, name and checksum.
-NOISE_PARAMS: dict[str, str] = {"noise_store": "", "noise_group": "", "noise_name": "", "noise_sha256": ""}
 
 
-def residual_histogram_total(flux: da.Array | np.ndarray, ivar: da.Array | np.ndarray, *,
-                             window: int = 51) -> np.ndarray:
-    """The summed :func:`~dzspec.kernels.noise_calibration.residual_histogram` of all rows (NumPy or Dask input).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(1)
-    >>> flux, ivar = rng.normal(size=(20, 100)), np.ones((20, 100))
-    >>> lazy = residual_histogram_total(da.from_array(flux, chunks=(7, 100)), da.from_array(ivar, chunks=(7, 100)))
-    >>> bool(np.array_equal(lazy, residual_histogram(flux, ivar))), int(lazy.sum())  # 25 pixels at each end left out
-    (True, 1000)
-    """
-    if not isinstance(flux, da.Array):
-        return residual_histogram(flux, ivar, window=window)
-    nbins = HISTOGRAM_EDGES.size - 1
-    nwave = flux.shape[1]
-    ivar = ivar.rechunk(flux.chunks)
-    partial = da.map_blocks(lambda f, w: residual_histogram(f, w, window=window)[None], flux, ivar,
-                            dtype=np.int64, new_axis=2, chunks=((1,) * flux.numblocks[0], (nwave,), (nbins,)),
-                            meta=np.empty((0, 0, 0), np.int64))
-    return np.asarray(partial.sum(axis=0).compute())
+def _histogram_block(block: int, start: int, stop: int, store: str, spectra: str, window: int) -> np.ndarray:
+    """One block's per-pixel histogram of normalised residuals (read from the store on the worker)."""
+    arrays = zstore.read_rows(zstore.open_root(store)[spectra], start, stop, ("flux", "ivar"))
+    return residual_histogram(arrays["flux"], arrays["ivar"], window=window)
 
 
 def calibrate_noise(store: str | PathLike[str], *, group: str | None = None, name: str = "noise", window: int = 51,
                     smooth_pixels: int = 3, min_spectra: int = MIN_SPECTRA,
-                    overwrite: bool = False) -> NoiseCalibration:
-    """Measure the noise calibration of a spectra group on the active Dask scheduler and store it.
+                    overwrite: bool = False, client: Client | None = None,
+                    progress: bool | None = None) -> NoiseCalibration:
+    """Measure the noise calibration of a spectra group on ``client`` (default: the active one) and store it.
 
     ``window`` is the running median (pixels) that stands for each spectrum's smooth continuum; pixels with fewer
     than ``min_spectra`` spectra keep 1. Returns the stored calibration.
     """
+    store = str(Path(store).resolve())  # workers may run in another directory
     root = zstore.open_root(store)
     spectra = zstore.resolve_spectra_group(root, group)
-    ds = zstore.open_spectra(store, spectra)
-    counts = residual_histogram_total(ds.flux.data, ds.ivar.data, window=window)
+    source = root[spectra]
+    nspectrum = int(source["flux"].shape[0])
+    plan = zstore.BlockPlan(nspectrum, int(source.attrs["chunk_rows"]))  # cheap per row: whole chunks
+    bounds = [plan.bounds(b) for b in range(plan.nblocks)]
+    run = Provenance("noise_histogram", "1", {"window": int(window)}, zstore.input_id(source))
+    counts = reduce_blocks(client or get_client(), _histogram_block, bounds, args=(store, spectra, int(window)),
+                           checkpoint=Checkpoint(store, f"checkpoints/{calibration_path(spectra, name)}", run.sha256 +
+                                                 run.input_id),
+                           name=f"noise calibration {spectra}", progress=progress)
     scale = calibration_from_histogram(counts, smooth_pixels=smooth_pixels, min_spectra=min_spectra)
     n_residuals = counts.sum(axis=1)
     save_noise_calibration(store, spectra, scale, n_residuals, name=name, overwrite=overwrite, attrs={
         "method": "-q0.1587 of (f - running median) sqrt(ivar) per pixel, max(1, .)",
         "window": int(window), "smooth_pixels": int(smooth_pixels), "min_spectra": int(min_spectra),
-        "n_spectra": int(ds.sizes["spectrum"]), "pixels_inflated": int(np.sum(scale > 1.0)),
+        "n_spectra": nspectrum, "pixels_inflated": int(np.sum(scale > 1.0)),
     })
     calibration = load_noise_calibration(store, spectra, name)
     log.info("%s: noise calibration of %d spectra, %d of %d pixels inflated (max x%.2f)", calibration_path(spectra),
-             ds.sizes["spectrum"], int(np.sum(scale > 1.0)), scale.size, float(scale.max()))
+             nspectrum, int(np.sum(scale > 1.0)), scale.size, float(scale.max()))
     return calibration
 
 
@@ -158,28 +151,10 @@ def instrument_default(fallback: str | PathLike[str], spectra: str, wavelength: 
 
 def noise_params(store: str | PathLike[str], spectra: str, choice: str,
                  fallback: str | PathLike[str] | None = None) -> dict[str, str]:
-    """The :data:`NOISE_PARAMS` of the calibration :func:`resolve_noise_calibration` picks (empty for none), for a
-    scan's parameters."""
+    """The :data:`~dzspec.engines.adapter.NOISE_PARAMS` of the calibration :func:`resolve_noise_calibration`
+    picks (empty for none), for a scan's parameters."""
     calibration = resolve_noise_calibration(store, spectra, choice, fallback=fallback)
     if calibration is None:
         return {}
     return {"noise_store": calibration.path, "noise_group": spectra, "noise_name": str(calibration.attrs["name"]),
             "noise_sha256": calibration.sha256}
-
-
-@lru_cache(maxsize=2)
-def _noise_scale(path: str, spectra: str, name: str, sha256: str) -> np.ndarray:
-    calibration = load_noise_calibration(path, spectra, name)
-    if calibration.sha256 != sha256:
-        raise ValueError(f"{path}: noise calibration {name} of {spectra} changed since the run started")
-    return calibration.scale
-
-
-def calibrated_ivar(ivar: np.ndarray, *, noise_store: str, noise_group: str, noise_name: str,
-                    noise_sha256: str) -> np.ndarray:
-    """``ivar / scale**2`` with the calibration that :func:`noise_params` named (``ivar`` itself when none): the
-    sky-subtraction residuals that the pipeline variance leaves out (METHODS §5.7). The scale is read once per
-    worker process and checked against ``noise_sha256``."""
-    if not noise_sha256:
-        return ivar
-    return ivar / _noise_scale(noise_store, noise_group, noise_name, noise_sha256) ** 2

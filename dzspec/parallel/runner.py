@@ -1,30 +1,28 @@
 """The block runner: apply a kernel to a spectra store block by block on a Dask cluster, resumably.
 
-Production path (futures over blocks):
+A kernel run is one block-map stage of :mod:`dzspec.parallel.core`:
 
-1. plan: ``nspectrum`` rows in blocks of ``block_rows`` (a multiple of the store's chunk, so reads are whole
-   chunks); the results group is pre-sized with output chunks equal to the block, so writes are whole chunks;
-2. keep at most ``max_in_flight`` block tasks submitted, topping up from :func:`distributed.as_completed`;
-3. each task reads its rows, runs the pure kernel, writes every output and its rows' ``run_status`` (ok), then
+1. plan: ``nspectrum`` rows in blocks sized by compute (:func:`~dzspec.parallel.core.plan_rows`: at least two
+   blocks per worker thread for a small store, at most one storage chunk for a big one); the results group is
+   pre-sized with output chunks equal to the block, so no two tasks ever write one chunk;
+2. each task reads its rows, runs the pure kernel, writes every output and its rows' ``run_status`` (ok), then
    sets ``block_done[block]`` last;
-4. a block still failing after its retries (an unreadable chunk, a kernel error, a lost worker) stays not-done:
+3. a block still failing after its retries (an unreadable chunk, a kernel error, a lost worker) stays not-done:
    its rows get ``run_status`` failed and the error, naming rows and targetids, goes to the report and to the
    group's ``failed_blocks`` attribute; the other blocks go on. An output location that cannot be written (full,
    over quota, read-only) instead stops the run: nothing more is submitted, the blocks in flight finish, and a
    :class:`~dzspec.errors.StoreError` says how many blocks are done;
-5. ``resume=True`` re-plans, checks the configuration hash, the input identity and the plan, and submits only
-   blocks whose flag is still False. A crash anywhere costs at most the blocks that were in flight.
+4. ``resume=True`` reuses the stored plan, checks the run's :class:`~dzspec.parallel.core.Provenance`
+   (configuration hash, input identity) and submits only blocks whose flag is still False. A crash anywhere costs
+   at most the blocks that were in flight.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,17 @@ from distributed import Client
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.kernels.base import KernelSpec
-from dzspec.parallel.bounded import map_bounded, peak_rss_bytes
+from dzspec.parallel.core import (
+    Provenance,
+    RunReport,
+    StageStopped,
+    map_blocks,
+    peak_rss_bytes,
+    plan_rows,
+    worker_threads,
+)
 
-__all__ = ["BlockFailed", "RunReport", "config_sha256", "run_kernel"]
+__all__ = ["BlockFailed", "RunReport", "config_sha256", "provenance", "run_kernel"]
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +65,9 @@ class BlockFailed(RuntimeError):
         return str(self.args[0])
 
 
-@dataclass
-class RunReport:
-    """What a run did."""
-
-    results: str
-    nblocks: int
-    already_done: int
-    computed: int
-    failed: dict[int, str] = field(default_factory=dict)
-    peak_worker_rss_bytes: int = 0
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return not self.failed and self.already_done + self.computed == self.nblocks
-
-    def summary(self) -> str:
-        text = (
-            f"{self.results}: {self.nblocks} blocks, {self.already_done} already done, {self.computed} computed, "
-            f"{len(self.failed)} failed in {self.seconds:.1f} s; peak worker RSS "
-            f"{self.peak_worker_rss_bytes / 2**20:.0f} MiB"
-        )
-        for _, error in sorted(self.failed.items())[:10]:
-            text += f"\n  {error}"  # names the block, its rows and targetids
-        return text
+def provenance(kernel: KernelSpec, params: Mapping[str, Any], input_id: str = "") -> Provenance:
+    """The provenance of a kernel run: its name, version and every parameter (defaults filled in)."""
+    return Provenance(kernel.name, kernel.version, {**kernel.defaults, **params}, input_id)
 
 
 def config_sha256(kernel: KernelSpec, params: Mapping[str, Any]) -> str:
@@ -95,15 +79,12 @@ def config_sha256(kernel: KernelSpec, params: Mapping[str, Any]) -> str:
     >>> config_sha256(SUMMARY, {}) == config_sha256(SUMMARY, {"snr_window": None})
     True
     """
-    payload = {"kernel": kernel.name, "version": kernel.version, "params": {**kernel.defaults, **params}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return provenance(kernel, params).sha256
 
 
-def _block_task(
-    store: str, spectra: str, results: str, kernel: KernelSpec, params: dict[str, Any], block: int, start: int,
-    stop: int,
-) -> tuple[int, int]:
-    """Worker side: read rows, run the kernel, write outputs, then the done flag. Returns (block, peak RSS)."""
+def _block_task(block: int, start: int, stop: int, store: str, spectra: str, results: str, kernel: KernelSpec,
+                params: dict[str, Any]) -> int:
+    """Worker side: read rows, run the kernel, write outputs, then the done flag. Returns the peak RSS."""
     stage = "reading the input"
     try:
         root = zstore.open_root(store, mode="r+")
@@ -123,42 +104,34 @@ def _block_task(
         unwritable = stage == "writing the results" and getattr(exc, "errno", None) in _UNWRITABLE
         raise BlockFailed(f"{store}/{results}: block {block} (rows {start}:{stop}) failed {stage}: "
                           f"{type(exc).__name__}: {exc}", unwritable) from exc
-    return block, peak_rss_bytes()
+    return peak_rss_bytes()
 
 
-def _prepare_results(
-    root: Any, store: str, spectra: str, results: str, kernel: KernelSpec, params: Mapping[str, Any],
-    plan: zstore.BlockPlan, resume: bool, overwrite: bool,
-) -> None:
-    attrs = {
-        "kernel": kernel.name,
-        "kernel_version": kernel.version,
-        "params": {**kernel.defaults, **params},
-        "config_sha256": config_sha256(kernel, params),
-        "input_group": spectra,
-        "input_id": zstore.input_id(root[spectra]),
-    }
+def _prepare_results(root: Any, store: str, spectra: str, results: str, kernel: KernelSpec,
+                     run: Provenance, plan: zstore.BlockPlan, resume: bool, overwrite: bool,
+                     sized_by_compute: bool) -> zstore.BlockPlan:
+    """Create the results group, or check the one a resume continues; the plan the run follows (a resume keeps
+    the stored one unless a block size was asked for and differs)."""
     if results in root:
         existing = root[results].attrs
         if not (resume or overwrite):
             raise StoreError(f"{store}/{results} exists: pass resume (--resume) to continue it or overwrite "
                              "(--overwrite) to start again")
         if resume:
-            for key in ("config_sha256", "input_id"):
-                if existing.get(key) != attrs[key]:
-                    raise StoreError(
-                        f"{store}/{results}: cannot resume: {key} differs (store {existing.get(key)!r}, "
-                        f"now {attrs[key]!r}); the kernel, its parameters or the input changed: use --overwrite"
-                    )
+            run.check(existing, f"{store}/{results}")
             if "run_status" not in root[results]:
                 raise StoreError(f"{store}/{results}: cannot resume: written by an older dzspec (no run_status); "
                                  "use --overwrite")
-            if dict(existing.get("plan", {})) != plan.as_dict():
-                raise StoreError(f"{store}/{results}: cannot resume: plan {existing.get('plan')} differs from "
+            stored = dict(existing.get("plan", {}))
+            if stored.get("nspectrum") != plan.nspectrum or (plan.block_rows != stored.get("block_rows")
+                                                             and not sized_by_compute):
+                raise StoreError(f"{store}/{results}: cannot resume: plan {stored} differs from "
                                  f"{plan.as_dict()}; rerun with the same block size or --overwrite")
-            return
-    zstore.create_results_group(root, results, plan, kernel.output_specs(params), attrs,
+            return zstore.BlockPlan(int(stored["nspectrum"]), int(stored["block_rows"]))
+    attrs = {**run.attrs(), "input_group": spectra}
+    zstore.create_results_group(root, results, plan, kernel.output_specs(run.params), attrs,
                                 root[spectra]["targetid"][:])
+    return plan
 
 
 def run_kernel(
@@ -174,7 +147,7 @@ def run_kernel(
     block_rows: int | None = None,
     max_in_flight: int | None = None,
     retries: int = 2,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> RunReport:
     """Run ``kernel`` over every spectrum of a spectra group, writing ``results/<grid>/<kernel>``.
 
@@ -196,14 +169,15 @@ def run_kernel(
         What to do with an existing results group: continue its unfinished blocks, or start again. Neither,
         with an existing group, is an error; both at once too.
     block_rows
-        Spectra per task; a multiple of the store's chunk (default: one chunk).
+        Spectra per task (the results' chunk); default sized by compute: at least two blocks per worker thread,
+        at most one storage chunk (:func:`dzspec.parallel.core.plan_rows`). A resume keeps the stored plan.
     max_in_flight
         Tasks submitted at once (default: twice the cluster's threads), which bounds scheduler and worker memory.
     retries
         Dask retries per block for transient errors; a block still failing stays not-done, its rows are flagged
         (``run_status`` failed) and it is reported.
     progress
-        Show a progress bar.
+        Show a progress bar (None: only on an interactive terminal).
 
     Returns
     -------
@@ -226,66 +200,46 @@ def run_kernel(
     spectra = zstore.resolve_spectra_group(root, group)
     source = root[spectra]
     nspectrum = int(source["flux"].shape[0])
-    chunk_rows = int(source.attrs["chunk_rows"])
-    block_rows = block_rows or chunk_rows
-    if block_rows % chunk_rows and block_rows < nspectrum:
-        raise ValueError(f"block_rows {block_rows} must be a multiple of the store's chunk of {chunk_rows} rows")
-    plan = zstore.BlockPlan(nspectrum, block_rows)
+    rows = block_rows or plan_rows(nspectrum, worker_threads(client), int(source.attrs["chunk_rows"]))
+    plan = zstore.BlockPlan(nspectrum, rows)
     results = results or f"results/{spectra.removeprefix('spectra/')}/{kernel.name}"
+    run = provenance(kernel, params, zstore.input_id(source))
     with zstore.run_lock(store, results):  # a second run on the same output refuses instead of interleaving
-        return _run_blocks(client, root, store, spectra, results, kernel, params, plan, resume, overwrite,
-                           block_rows, max_in_flight, retries, progress, t0)
+        try:
+            plan = _prepare_results(root, store, spectra, results, kernel, run, plan, resume, overwrite,
+                                    sized_by_compute=not block_rows)
+        except OSError as exc:
+            raise StoreError(f"{store}/{results}: cannot create the results group: {exc}") from exc
+        return _run_blocks(client, root, store, spectra, results, kernel, params, plan, max_in_flight, retries,
+                           progress, t0)
 
 
 def _run_blocks(client: Client, root: Any, store: str, spectra: str, results: str, kernel: KernelSpec,
-                params: dict[str, Any], plan: zstore.BlockPlan, resume: bool, overwrite: bool, block_rows: int,
-                max_in_flight: int | None, retries: int, progress: bool, t0: float) -> RunReport:
-    try:
-        _prepare_results(root, store, spectra, results, kernel, params, plan, resume, overwrite)
-    except OSError as exc:
-        raise StoreError(f"{store}/{results}: cannot create the results group: {exc}") from exc
+                params: dict[str, Any], plan: zstore.BlockPlan, max_in_flight: int | None, retries: int,
+                progress: bool | None, t0: float) -> RunReport:
     target = root[results]
+    bounds = [plan.bounds(b) for b in range(plan.nblocks)]
     done = zstore.done_blocks(target)
-    pending = [int(b) for b in range(plan.nblocks) if not done[b]]
-    report = RunReport(results, plan.nblocks, plan.nblocks - len(pending), 0)
-    log.info("%s: %d blocks of %d spectra; %d already done, computing %d",
-             results, plan.nblocks, block_rows, report.already_done, len(pending))
-    unwritable = ""
-
-    def tasks() -> Iterator[tuple[str, tuple[Any, ...]]]:
-        for block in pending:
-            if unwritable:  # the output location is full or read-only: submit nothing more, let the rest finish
-                return
-            yield f"block-{block}", (store, spectra, results, kernel, params, block, *plan.bounds(block))
-
-    for label, outcome, error in map_bounded(
-        client, _block_task, tasks(), max_in_flight=max_in_flight, retries=retries, desc=kernel.name,
-        total=plan.nblocks, initial=report.already_done, progress=progress,
-    ):
-        if error is None:
-            report.computed += 1
-            report.peak_worker_rss_bytes = max(report.peak_worker_rss_bytes, outcome[1])
-            continue
-        block = int(label.removeprefix("block-"))
-        rows = plan.bounds(block)
-        report.failed[block] = _describe_failure(error, target, f"{store}/{results}", block, rows)
-        log.error("%s", report.failed[block])
-        if getattr(error, "unwritable", False):
-            unwritable = unwritable or report.failed[block]
-        else:
-            _try_writing(zstore.mark_rows_failed, target, rows)
-
+    log.info("%s: %d blocks of %d spectra; %d already done", results, plan.nblocks, plan.block_rows,
+             int(done.sum()))
+    where = f"{store}/{results}"
+    try:
+        report = stopped = map_blocks(
+            client, _block_task, bounds, args=(store, spectra, results, kernel, params), done=done,
+            name=kernel.name, describe=lambda block, error: _describe_failure(error, target, where, block,
+                                                                             bounds[block]),
+            on_failure=lambda block, _: _try_writing(zstore.mark_rows_failed, target, bounds[block]),
+            max_in_flight=max_in_flight, retries=retries, progress=progress)
+    except StageStopped as exc:  # the output location cannot be written: record what is known, then say so
+        report, stopped = exc.report, exc
+    report.results = results
     report.seconds = time.perf_counter() - t0
     ndone = int(zstore.done_blocks(target).sum())
-    failed_blocks = {str(b): text for b, text in sorted(report.failed.items())[:100]}
     _try_writing(target.attrs.update, {"status": "complete" if ndone == plan.nblocks else "incomplete",
-                                       "failed_blocks": failed_blocks})
-    if unwritable:
-        raise StoreError(
-            f"{unwritable}\nThe output location cannot be written, so the run stopped: {ndone} of {plan.nblocks} "
-            f"blocks are done and kept, {plan.nblocks - ndone} are not. Free space (or fix permissions) and run "
-            "again with --resume."
-        )
+                                       "failed_blocks": {str(b): text for b, text in
+                                                         sorted(report.failed.items())[:100]}})
+    if stopped is not report:
+        raise stopped
     return report
 
 

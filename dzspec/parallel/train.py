@@ -8,8 +8,8 @@ redshift), puts them on the rest-frame grid and keeps them. One iteration then c
 * the driver sums the shares and updates the basis ``H`` (k x l), which is broadcast for the next iteration;
 * a second pass returns each block's ``sum V (X - W H)^2`` and pixel count for the stop rule.
 
-The schedule (initial draws, sequential rank growth, stop rule) is :func:`dzspec.kernels.nmf_train.run_schedule`,
-the same code as the single-process :func:`~dzspec.kernels.nmf_train.train_nmf`, so both give the same basis up to
+The schedule (initial draws, sequential rank growth, stop rule) is :func:`dzspec.engines.nmf.train.run_schedule`,
+the same code as the single-process :func:`~dzspec.engines.nmf.train.train_nmf`, so both give the same basis up to
 the order of floating-point sums.
 
 Windows (METHODS §1.2, "Cost at MUSE scale"): a MUSE spectrum covers ~13 300 of the 53 918 rest pixels. The rows are
@@ -29,10 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 from distributed import Client
+from tqdm.auto import tqdm
 
+from dzspec.engines.nmf.train import NMFResult, basis_half_step, basis_terms, coefficient_half_step, run_schedule
 from dzspec.io import store as zstore
-from dzspec.kernels.nmf_train import NMFResult, basis_half_step, basis_terms, coefficient_half_step, run_schedule
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid, to_log_grid
+from dzspec.parallel.core import PerBlock, persist_blocks, progress_enabled, reduce_blocks
 from dzspec.schema import IngestWarn
 
 __all__ = ["load_training_block", "select_training_rows", "train_and_save", "train_basis", "training_checkpoint"]
@@ -87,33 +89,66 @@ def load_training_block(store: str, group: str, rows: np.ndarray, grid: LogGrid,
     return {"x": x, "v": v, "window": (lo, hi), "covered": covered, "min": float(np.min(x)) if x.size else 0.0}
 
 
-def _summary(block: dict[str, np.ndarray]) -> tuple[np.ndarray, float, tuple[int, int]]:
-    return block["covered"], block["min"], block["window"]
+#: Blocks combined per node of the reduction tree: sums over up to this many blocks are added in block order, as a
+#: single process would (the MUSE training's 22 blocks: bit-identical to a sequential sum).
+SPLIT_EVERY = 64
 
 
-def _with_offset(block: dict[str, np.ndarray], y0: float) -> dict[str, np.ndarray]:
-    return {**block, "vx": block["v"] * (block["x"] + y0)}
+def _load_block(block: int, start: int, stop: int, store: str, group: str, rows: np.ndarray, grid: LogGrid,
+                z_name: str, normalise: bool) -> dict[str, np.ndarray]:
+    return load_training_block(store, group, rows[start:stop], grid, z_name, normalise)
 
 
-def _block_iteration(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray,
-                     y0: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lo, hi = block["window"]
-    w = coefficient_half_step(block["vx"], block["v"], w, h[:, lo:hi], y0)
-    return (w, *basis_terms(block["vx"], block["v"], w, h[:, lo:hi], y0))
+def _block_summary(block: int, start: int, stop: int, data: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"covered": data["covered"], "min": data["min"]}
 
 
-def _block_chi2(block: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray) -> tuple[float, int]:
-    lo, hi = block["window"]
-    resid = block["x"] - w @ h[:, lo:hi]
-    return float(np.sum(block["v"] * resid * resid)), int(np.count_nonzero(block["v"]))
+def _merge_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {"covered": a["covered"] | b["covered"], "min": min(a["min"], b["min"])}
 
 
-def _sum_windows(parts: list[tuple[np.ndarray, ...]], windows: list[tuple[int, int]], shape: tuple[int, int],
-                 item: int) -> np.ndarray:
+def _with_offset(block: int, start: int, stop: int, data: dict[str, np.ndarray], y0: float) -> dict[str, np.ndarray]:
+    return {**data, "vx": data["v"] * (data["x"] + y0)}
+
+
+def _block_iteration(block: int, start: int, stop: int, data: dict[str, np.ndarray], w: np.ndarray, h: np.ndarray,
+                     y0: float | None) -> dict[str, Any]:
+    """The block's coefficient half-step and its additive share of the basis update, over its rest window."""
+    lo, hi = data["window"]
+    w = coefficient_half_step(data["vx"], data["v"], w, h[:, lo:hi], y0)
+    numerator, denominator = basis_terms(data["vx"], data["v"], w, h[:, lo:hi], y0)
+    return {"w": w, "window": (lo, hi), "numerator": numerator, "denominator": denominator}
+
+
+def _merge_iterations(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two consecutive blocks' shares: coefficients stacked in row order, basis terms added on their joint window."""
+    (alo, ahi), (blo, bhi) = a["window"], b["window"]
+    lo, hi = min(alo, blo), max(ahi, bhi)
+    merged: dict[str, Any] = {"w": np.vstack([a["w"], b["w"]]), "window": (lo, hi)}
+    for name in ("numerator", "denominator"):
+        total = np.zeros((a[name].shape[0], hi - lo))
+        total[:, alo - lo : ahi - lo] += a[name]
+        total[:, blo - lo : bhi - lo] += b[name]
+        merged[name] = total
+    return merged
+
+
+def _on_grid(terms: dict[str, Any], name: str, shape: tuple[int, int]) -> np.ndarray:
+    lo, hi = terms["window"]
     total = np.zeros(shape)
-    for part, (lo, hi) in zip(parts, windows, strict=True):
-        total[:, lo:hi] += part[item]
+    total[:, lo:hi] += terms[name]
     return total
+
+
+def _block_chi2(block: int, start: int, stop: int, data: dict[str, np.ndarray], w: np.ndarray,
+                h: np.ndarray) -> tuple[float, int]:
+    lo, hi = data["window"]
+    resid = data["x"] - w @ h[:, lo:hi]
+    return float(np.sum(data["v"] * resid * resid)), int(np.count_nonzero(data["v"]))
+
+
+def _add_pairs(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def training_id(store: str, group: str, rows: np.ndarray, grid: LogGrid, normalise: bool) -> str:
@@ -142,6 +177,7 @@ def train_basis(
     normalise: bool = True,
     z_name: str = "z_true",
     checkpoint: str | PathLike[str] | None = None,
+    progress: bool | None = None,
 ) -> tuple[NMFResult, str]:
     """Train a rank-``rank`` basis on the spectra of a store with known redshifts; returns it and its training id.
 
@@ -156,7 +192,7 @@ def train_basis(
     grid
         Rest-frame grid (default B26's 53 918-pixel grid); stored with the basis by :func:`dzspec.io.bases.save_basis`.
     method, schedule, max_iter, tol, seed
-        As :func:`dzspec.kernels.nmf_train.train_nmf`.
+        As :func:`dzspec.engines.nmf.train.train_nmf`.
     block_rows
         Spectra per worker-resident block: memory per block is about ``2 * block_rows * grid.size * 8`` bytes
         (220 MB at the default on the paper grid).
@@ -167,6 +203,8 @@ def train_basis(
         belongs to this training (same rows, grid and settings) the training resumes after its last stage and ends
         exactly as an uninterrupted one would; it is removed once the training is done. Progress (iteration,
         chi2, its relative decrease against ``tol``, time per iteration) is logged every 30 s and at each stage.
+    progress
+        Show a progress bar (iteration, chi2, time left); None: only on an interactive terminal.
     """
     store = str(Path(store).resolve())
     if rows is None:
@@ -176,31 +214,32 @@ def train_basis(
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         raise ValueError(f"{store}/{group}: no training spectra with a known {z_name}")
-    starts = list(range(0, rows.size, block_rows))
-    log.info("training rank %d on %d spectra of %s in %d blocks", rank, rows.size, group, len(starts))
+    bounds = [(start, min(start + block_rows, rows.size)) for start in range(0, rows.size, block_rows)]
+    log.info("training rank %d on %d spectra of %s in %d blocks", rank, rows.size, group, len(bounds))
     # sorted by redshift, a block's rows share most of their rest window; W is kept in this order
     order = np.argsort(zstore.open_root(store)[group][z_name].oindex[rows], kind="stable")
-    blocks = [client.submit(load_training_block, store, group, rows[order[s : s + block_rows]], grid, z_name,
-                            normalise, pure=False) for s in starts]
-    summaries = client.gather([client.submit(_summary, b, pure=False) for b in blocks])
-    covered = np.logical_or.reduce([c for c, _, _ in summaries])
-    windows = [window for _, _, window in summaries]
+    blocks = persist_blocks(client, _load_block, bounds, args=(store, group, rows[order], grid, z_name, normalise))
+    summary = reduce_blocks(client, _block_summary, bounds, args=(blocks,), combine=_merge_summaries,
+                            split_every=SPLIT_EVERY, name="training data", progress=False)
+    covered = summary["covered"]
     shift = method == "shift"
-    y0 = max(0.0, -min(m for _, m, _ in summaries)) if shift else 0.0
-    blocks = [client.submit(_with_offset, b, y0, pure=False) for b in blocks]
-    slices = [slice(s, min(s + block_rows, rows.size)) for s in starts]
+    y0 = max(0.0, -summary["min"]) if shift else 0.0
+    blocks = persist_blocks(client, _with_offset, bounds, args=(blocks, y0))
 
     def iterate(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         h_future = client.scatter(h, broadcast=True, hash=False)
-        parts = client.gather([client.submit(_block_iteration, b, w[sl], h_future, y0 if shift else None,
-                                             pure=False) for b, sl in zip(blocks, slices, strict=True)])
-        w = np.vstack([p[0] for p in parts])
-        h = basis_half_step(h, _sum_windows(parts, windows, h.shape, 1), _sum_windows(parts, windows, h.shape, 2),
+        w_blocks = PerBlock(w[start:stop] for start, stop in bounds)
+        terms = reduce_blocks(client, _block_iteration, bounds,
+                              args=(blocks, w_blocks, h_future, y0 if shift else None), combine=_merge_iterations,
+                              split_every=SPLIT_EVERY, name="training iteration", progress=False)
+        w = terms["w"]
+        h = basis_half_step(h, _on_grid(terms, "numerator", h.shape), _on_grid(terms, "denominator", h.shape),
                             shift=shift)
         h_future = client.scatter(h, broadcast=True, hash=False)
-        sums = client.gather([client.submit(_block_chi2, b, w[sl], h_future, pure=False)
-                              for b, sl in zip(blocks, slices, strict=True)])
-        return w, h, sum(s for s, _ in sums) / max(1, sum(c for _, c in sums))
+        w_blocks = PerBlock(w[start:stop] for start, stop in bounds)
+        chi2, count = reduce_blocks(client, _block_chi2, bounds, args=(blocks, w_blocks, h_future),
+                                    combine=_add_pairs, split_every=SPLIT_EVERY, name="training chi2", progress=False)
+        return w, h, chi2 / max(1, count)
 
     result = NMFResult(np.zeros((0, grid.size)), np.zeros((rows.size, 0)), covered, method=method, seed=seed,
                        offset=y0)
@@ -208,8 +247,12 @@ def train_basis(
     settings = json.dumps({"training": identity, "rank": rank, "method": method, "schedule": schedule,
                            "max_iter": max_iter, "tol": tol, "seed": seed, "block_rows": block_rows}, sort_keys=True)
     saver, resume = (None, None) if checkpoint is None else _checkpointing(Path(checkpoint), settings, result)
-    w, h = run_schedule(rows.size, grid.size, rank, _ProgressLog(iterate, rank, tol), result, schedule=schedule,
-                        max_iter=max_iter, tol=tol, seed=seed, init=None, checkpoint=saver, resume=resume)
+    shown = _ProgressLog(iterate, rank, tol, progress=progress)
+    try:
+        w, h = run_schedule(rows.size, grid.size, rank, shown, result, schedule=schedule, max_iter=max_iter, tol=tol,
+                            seed=seed, init=None, checkpoint=saver, resume=resume)
+    finally:
+        shown.close()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     h[:, ~covered] = 0.0
@@ -222,12 +265,26 @@ def train_basis(
 
 
 class _ProgressLog:
-    """``iterate`` that logs where the training is: every 30 s and when a rank's stage ends."""
+    """``iterate`` that shows where the training is: a progress bar (iteration, rank stage, chi2, its relative
+    decrease against ``tol``, time left) and a log line every 30 s and when a rank's stage ends.
 
-    def __init__(self, iterate: Any, rank: int, tol: float, every_s: float = 30.0) -> None:
+    Time left is the stages still to run times the mean duration of the finished ones (unknown during the first).
+    """
+
+    def __init__(self, iterate: Any, rank: int, tol: float, every_s: float = 30.0,
+                 progress: bool | None = None) -> None:
         self.iterate, self.rank, self.tol, self.every_s = iterate, rank, tol, every_s
         self.stage_rank, self.count, self.previous = 0, 0, np.inf
         self.started = self.last = time.monotonic()
+        self.stage_seconds: list[float] = []
+        self.bar = tqdm(desc=f"train rank {rank}", unit="it", disable=not progress_enabled(progress))
+
+    def time_left(self, now: float) -> str:
+        if not self.stage_seconds:
+            return "?"
+        mean = float(np.mean(self.stage_seconds))
+        left = max(0.0, mean - (now - self.started)) + mean * max(0, self.rank - self.stage_rank)
+        return f"{left / 60:.1f} min"
 
     def __call__(self, w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         if h.shape[0] != self.stage_rank or self.count == 0:
@@ -238,14 +295,22 @@ class _ProgressLog:
         now = time.monotonic()
         decrease = (self.previous - chi2) / self.previous if np.isfinite(self.previous) and self.previous > 0 else 1.0
         self.previous = chi2
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"stage {self.stage_rank}/{self.rank} iteration {self.count} chi2/pixel {chi2:.5g} "
+                                 f"decrease {decrease:.1e} (stops at {self.tol:.0e}) left ~{self.time_left(now)}")
         if now - self.last >= self.every_s or decrease <= self.tol:
             per = (now - self.started) / self.count
             log.info("training rank %d/%d: iteration %d, chi2/pixel %.6g, relative decrease %.2e (stops at %.0e), "
-                     "%.2f s per iteration", self.stage_rank, self.rank, self.count, chi2, decrease, self.tol, per)
+                     "%.2f s per iteration, about %s left", self.stage_rank, self.rank, self.count, chi2, decrease,
+                     self.tol, per, self.time_left(now))
             self.last = now
         if decrease <= self.tol:
+            self.stage_seconds.append(now - self.started)
             self.count = 0  # the stage ends here; the next call starts the next one (or the final re-run)
         return w, h, chi2
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _checkpointing(path: Path, settings: str, result: NMFResult

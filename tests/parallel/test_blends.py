@@ -5,12 +5,12 @@ import warnings
 import numpy as np
 import pytest
 
+from dzspec.engines.nmf.blends import confusion_redshifts, detect_blends
+from dzspec.engines.nmf.grams import prepare_basis
+from dzspec.engines.nmf.train import NMFResult
 from dzspec.errors import BadSpectrumWarning
 from dzspec.io import store as zstore
 from dzspec.io.bases import save_basis
-from dzspec.kernels.blends import confusion_redshifts, detect_blends
-from dzspec.kernels.nmf_scan import prepare_basis
-from dzspec.kernels.nmf_train import NMFResult
 from dzspec.kernels.restframe import LogGrid, observed_window
 from dzspec.parallel.blends import run_blends
 from dzspec.parallel.zfind import run_zfind
@@ -85,7 +85,7 @@ def test_blends_through_the_runner_equal_the_kernel_and_keep_every_row(setup, cl
     assert zfind.complete
     report = run_blends(store, tmp / "basis.zarr", client, basis_name="toy", params={"lsf_fwhm": None},
                         progress=False)
-    assert report.complete and report.nblocks == 3
+    assert report.complete and report.nblocks == 4  # blocks sized by compute: 2 per worker thread
     results = zstore.open_results(store, report.results).compute()
     first = zstore.open_results(store, zfind.results).compute()
     spectra = zstore.open_spectra(store)
@@ -128,7 +128,7 @@ def test_blends_resume_and_refuse_another_configuration(setup, client):
                overwrite=True)
     again = run_blends(store, tmp / "basis.zarr", client, basis_name="toy", params={"lsf_fwhm": None},
                        progress=False, resume=True)
-    assert again.complete and again.computed == 0 and again.already_done == 3
+    assert again.complete and again.computed == 0 and again.already_done == 4
     with pytest.raises(Exception, match="config_sha256 differs"):
         run_blends(store, tmp / "basis.zarr", client, basis_name="toy", params={"t_blend": 0.02}, progress=False,
                    resume=True)

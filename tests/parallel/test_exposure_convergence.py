@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from dzspec.engines.madgics.exposure_convergence import ConvergenceWarn, converged_fraction_grid, target_convergence
+from dzspec.engines.madgics.priors import to_lae_grid
+from dzspec.engines.madgics.scan import scan_lae
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
 from dzspec.io.priors import load_lae_prior
-from dzspec.kernels.exposure_convergence import ConvergenceWarn, converged_fraction_grid, target_convergence
-from dzspec.kernels.madgics import scan_lae
-from dzspec.kernels.madgics_priors import to_lae_grid
 from dzspec.kernels.restframe import LogGrid
 from dzspec.kernels.simulate.desi import DesiSimConfig
 from dzspec.parallel.exposure_convergence import exposure_convergence, exposure_groups

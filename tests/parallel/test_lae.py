@@ -6,13 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dzspec.errors import StoreError
-from dzspec.io import store as zstore
-from dzspec.io.noise import load_noise_calibration
-from dzspec.io.priors import load_lae_prior
-from dzspec.kernels.lae_interlopers import INTERLOPER_BITS, interloper_tests, select_lae
-from dzspec.kernels.madgics import lae_line_flux, scan_lae, sky_component
-from dzspec.kernels.madgics_priors import (
+from dzspec.engines.madgics.interlopers import INTERLOPER_BITS, interloper_tests, select_lae
+from dzspec.engines.madgics.priors import (
     RescalePolynomial,
     align_windows,
     gram,
@@ -24,6 +19,11 @@ from dzspec.kernels.madgics_priors import (
     sky_vectors_from_gram,
     to_lae_grid,
 )
+from dzspec.engines.madgics.scan import lae_line_flux, scan_lae, sky_component
+from dzspec.errors import StoreError
+from dzspec.io import store as zstore
+from dzspec.io.noise import load_noise_calibration
+from dzspec.io.priors import load_lae_prior
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.lae import run_lae
 from dzspec.results_schema import LAEWarn

@@ -93,8 +93,24 @@ def test_existing_results_need_resume_or_overwrite(store, client):
     assert again.computed == again.nblocks == 7
     with pytest.raises(ValueError, match="mutually exclusive"):
         run_kernel(store, SUMMARY, client, resume=True, overwrite=True)
-    with pytest.raises(ValueError, match="multiple of the store's chunk of 8 rows"):
-        run_kernel(store, SUMMARY, client, overwrite=True, block_rows=12)
+    resumed = run_kernel(store, SUMMARY, client, progress=False, resume=True)  # no size asked: the stored plan
+    assert resumed.nblocks == 7 and resumed.already_done == 7
+
+
+def test_blocks_are_sized_by_compute_not_by_the_storage_chunk(tmp_path, client):
+    """A store smaller than one chunk still gives every worker thread two blocks; the results' chunk is the block
+    (no two writers share one), and a block size that is no multiple of the input chunk reads and writes right."""
+    small = write_synthetic_store(tmp_path / "small.zarr", nspectrum=1000, nwave=40, chunk_rows=4096, seed=3)
+    report = run_kernel(small, SUMMARY, client, progress=False)
+    threads = sum(client.nthreads().values())
+    assert report.complete and report.nblocks >= 2 * threads
+    root = zstore.open_root(small)
+    rows = root[report.results].attrs["plan"]["block_rows"]
+    assert root[report.results]["ngood"].chunks == (rows,) and rows * report.nblocks >= 1000
+    odd = run_kernel(small, SUMMARY, client, progress=False, block_rows=300, results="results/odd")
+    assert odd.nblocks == 4
+    np.testing.assert_array_equal(zstore.open_results(small, "results/odd").ngood.values,
+                                  zstore.open_results(small, report.results).ngood.values)
 
 
 KILL_SCRIPT = textwrap.dedent(

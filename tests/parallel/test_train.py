@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import zarr
 
+from dzspec.engines.nmf.train import train_nmf
 from dzspec.io.bases import load_basis, save_basis
-from dzspec.kernels.nmf_train import train_nmf
 from dzspec.kernels.restframe import LogGrid
 from dzspec.parallel.train import load_training_block, select_training_rows, train_basis
 from dzspec.testing import write_synthetic_store
