@@ -26,7 +26,19 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
                        "a scheduler JSON file) instead of starting a LocalCluster")
     group.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     group.add_argument("--threads-per-worker", type=int, default=1, help="threads per worker (default 1)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_args(group)
+
+
+def _add_progress_args(parser: Any) -> None:
+    bars = parser.add_mutually_exclusive_group()
+    bars.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bars.add_argument("--progress", action="store_true",
+                      help="progress bars even when stderr is no terminal (default: only on a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """--progress: True, --no-progress: False, neither: None (bars only when stderr is a terminal)."""
+    return True if args.progress else False if args.no_progress else None
 
 
 def _add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -34,13 +46,14 @@ def _add_runner_args(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done")
     mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
-    parser.add_argument("--block-rows", type=int, help="spectra per task (a multiple of the store chunk)")
+    parser.add_argument("--block-rows", type=int, help="spectra per task (default: sized by compute, two blocks "
+                        "per worker thread at least, one storage chunk at most)")
 
 
 def _runner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """What :func:`_add_runner_args` and :func:`_add_cluster_args` parsed, as the runner's keyword arguments."""
     return {"group": args.group, "resume": args.resume, "overwrite": args.overwrite, "block_rows": args.block_rows,
-            "progress": not args.no_progress}
+            "progress": _progress(args)}
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -51,6 +64,23 @@ def _client(args: argparse.Namespace) -> Any:
     return client
 
 
+def _command(args: argparse.Namespace, name: str, **extra: Any) -> int:
+    """Run :mod:`dzspec.parallel.commands`' ``name`` (what ``dzspec run``'s step of that kind runs too) with the
+    options ``args`` holds under its keywords' names, a cluster started once it asks for one, and ``extra``."""
+    import inspect
+
+    from dzspec.parallel import commands
+
+    function = getattr(commands, name)
+    keywords = inspect.signature(function).parameters
+    options = {key: value for key, value in vars(args).items() if key in keywords}
+    if "progress" in keywords:
+        options["progress"] = _progress(args)
+    if "client" in keywords:
+        options["client"] = lambda: _client(args)
+    return 0 if function(**options, **extra) else 1
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from dzspec.parallel.ingest import ingest
 
@@ -58,7 +88,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = ingest(args.inputs, args.store, client, format=args.format, options=options,
                         chunk_bytes=int(args.chunk_mb * 2**20), skip_unknown=args.skip_unknown,
-                        progress=not args.no_progress)
+                        progress=_progress(args))
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -92,30 +122,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from dzspec.errors import StoreError
-    from dzspec.io.export import primary_results, write_export
-
-    extra = {}
-    if args.model_spectra is not None or args.model_where is not None:
-        from dzspec.model_spectra import model_spectra, models_tables, parse_rows
-
-        paths = primary_results(args.store, args.group, args.results)
-        if len(paths) != 1:
-            raise StoreError(f"{args.store}: --model-spectra needs one spectra group (--group): the export holds "
-                             f"{sorted(paths)}")
-        rows = parse_rows(args.model_spectra) if args.model_spectra is not None else None
-        extra = models_tables(model_spectra(args.store, next(iter(paths.values())), rows, where=args.model_where))
-    if args.vi:
-        from astropy.table import Table
-
-        from dzspec.io.vi import load_inspections
-
-        columns = load_inspections(args.store, group=args.group)
-        extra["VI"] = Table({name.upper(): values for name, values in columns.items()}, meta={"EXTNAME": "VI"})
-    path = write_export(args.store, args.output, group=args.group, results=args.results, overwrite=args.overwrite,
-                        extra_tables=extra)
-    print(f"{args.store}: redshifts written to {path}" + (f" with {', '.join(extra)}" if extra else ""))
-    return 0
+    return _command(args, "export")
 
 
 def _cmd_run_kernel(args: argparse.Namespace) -> int:
@@ -135,48 +142,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     paths = dict(item.split("=", 1) for item in args.ingredient or [])
     with _client(args) as client:
         report = simulate(args.store, args.survey, args.n, client, seed=args.seed, ingredient_paths=paths,
-                          chunk_rows=args.chunk_rows, progress=not args.no_progress, continua=args.continua)
+                          chunk_rows=args.chunk_rows, progress=_progress(args), continua=args.continua)
     print(report.summary())
     return 0 if report.complete else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID
-    from dzspec.parallel.train import train_and_save
-
-    grid = {"paper": PAPER_GRID, "moose": MOOSE_GRID}[args.grid]
-    with _client(args) as client:
-        path, result, nspectra = train_and_save(
-            args.store, args.out, args.name, client, args.rank, group=args.group, grid=grid,
-            max_spectra=args.max_spectra, seed=args.seed, overwrite=args.overwrite, method=args.method,
-            max_iter=args.max_iter, tol=args.tol, block_rows=args.block_rows)
-    print(f"basis {args.out}/{path}: rank {args.rank}, {nspectra} spectra, iterations {result.iterations}, "
-          f"final chi2/pixel {result.chi2_history[-1]:.4g}")
-    return 0
+    return _command(args, "train")
 
 
 def _cmd_select_rank(args: argparse.Namespace) -> int:
-    from dzspec.kernels.restframe import MOOSE_GRID, PAPER_GRID
-    from dzspec.parallel.rank_selection import cross_validate_ranks
-    from dzspec.parallel.train import select_training_rows
-    from dzspec.viz.nmf import plot_rank_selection
-
-    lo, _, hi = args.ranks.partition("-")
-    ranks = range(int(lo), int(hi or lo) + 1)
-    grid = {"paper": PAPER_GRID, "moose": MOOSE_GRID}[args.grid]
-    group, rows = select_training_rows(args.store, args.group, max_spectra=args.max_spectra, seed=args.seed)
-    with _client(args) as client:
-        ds = cross_validate_ranks(args.store, client, ranks=ranks, folds=args.folds, group=group, rows=rows,
-                                  seed=args.seed, grid=grid, train={"max_iter": args.max_iter, "tol": args.tol})
-    args.out.mkdir(parents=True, exist_ok=True)
-    ds.to_zarr(args.out / "rank_selection.zarr", mode="w", consolidated=False)
-    table = ds[["gf_mean", "gf_std", "mae_mean", "mae_std"]].to_dataframe()
-    table.to_csv(args.out / "rank_selection.csv")
-    plot_rank_selection(ds, args.out / "rank_selection.png")
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"chosen rank {ds.attrs['chosen_rank']} ({ds.attrs['rule']})")
-    print(f"wrote {args.out}/rank_selection.zarr, .csv, .png")
-    return 0
+    return _command(args, "select_rank")
 
 
 def _cmd_zfind(args: argparse.Namespace) -> int:
@@ -198,48 +174,15 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate_noise(args: argparse.Namespace) -> int:
-    from dzspec.parallel.noise_calibration import calibrate_noise
-
-    with _client(args):
-        calibration = calibrate_noise(args.store, group=args.group, name=args.name, window=args.window,
-                                      overwrite=args.overwrite)
-    scale = calibration.scale
-    print(f"{args.store}: {calibration.attrs['n_spectra']} spectra, {int((scale > 1).sum())} of {scale.size} pixels "
-          f"inflated (max x{scale.max():.2f}); sha256 {calibration.sha256[:12]}")
-    return 0
+    return _command(args, "calibrate_noise")
 
 
 def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
-    from dzspec.parallel.confidence import calibrate_confidence
-
-    report = calibrate_confidence(args.store, args.results, args.basis, basis_name=args.name, purity=args.purity,
-                                  seed=args.seed)
-    print(f"{args.basis}/bases/{args.name}: confidence model stored; LOW_CONFIDENCE below {report['threshold']:.4f}: "
-          f"on the {report['calibration_spectra']} calibration spectra zwarn == 0 is "
-          f"{report['calibration_purity']:.4f} right (without it {report['calibration_purity_without_confidence']:.4f})"
-          f" and keeps {report['calibration_kept_of_known_z']:.3f} of those with a redshift")
-    return 0
+    return _command(args, "calibrate_confidence")
 
 
 def _cmd_calibrate_zerr(args: argparse.Namespace) -> int:
-    from dzspec.parallel.confidence import calibrate_zerr
-
-    if not args.check and not args.basis:
-        raise ValueError("calibrate-zerr stores the calibration with a basis: give --basis (or --check)")
-    edges = tuple(float(e) for e in args.snr_edges.split(",") if e)
-    z_edges = tuple(float(e) for e in args.z_edges.split(",") if e)
-    report = calibrate_zerr(args.store, args.results, args.basis, basis_name=args.name, snr=args.snr, edges=edges,
-                            z_edges=z_edges, save=not args.check)
-    if "zerr_scale" in report:
-        z_bounds = ["0", *(str(e) for e in report["zerr_z_edges"]), "inf"]
-        ranges = "; ".join(f"z {lo}-{hi}: scale {s:.4g}, floor {f:.3g}" for lo, hi, s, f in
-                           zip(z_bounds[:-1], z_bounds[1:], report["zerr_scale"], report["zerr_floor"], strict=True))
-        print(f"{args.basis}/bases/{args.name}: ZERR calibration {'checked' if args.check else 'stored'}: zerr = "
-              f"sqrt((scale sigma)^2 + (floor (1+z))^2) with {ranges}")
-    bounds = ["-inf", *(str(e) for e in edges), "inf"]
-    for lo, hi, width, count in zip(bounds[:-1], bounds[1:], report["pull_widths"], report["counts"], strict=True):
-        print(f"{args.snr} {lo}-{hi}: {count} right redshifts, pull width (IQR/1.349) {width:.3f}")
-    return 0
+    return _command(args, "calibrate_zerr")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -249,46 +192,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # a bad config is reported before any cluster starts
     with client_from_config(config.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        run_pipeline(config, client, resume=args.resume, overwrite=args.overwrite, progress=_progress(args),
                      report=args.report)
     return 0
 
 
 def _cmd_blends(args: argparse.Namespace) -> int:
-    from dzspec.io import store as zstore
-    from dzspec.parallel.blends import run_blends
-
-    with _client(args) as client:
-        report = run_blends(args.store, args.basis, client, basis_name=args.name, zfind_results=args.zfind_results,
-                            params={"t_blend": args.t_blend, "tolerance": args.tolerance}, **_runner_kwargs(args))
-    print(report.summary())
-    if report.complete:
-        flags = zstore.open_results(args.store, report.results).blend_flag.values
-        print(f"blend candidates (score > {args.t_blend:g}): {int(flags.sum())} of {flags.size}")
-    return 0 if report.complete else 1
+    return _command(args, "blends", **_runner_kwargs(args))
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:
-    import json
-
-    from dzspec.parallel.lae import build_lae_prior, prior_rows
-
-    sky = prior_rows(args.sky, args.sky_group, args.sky_class, limit=args.max_sky, seed=args.seed)
-    lae = prior_rows(args.lae, args.lae_group, args.lae_class, z_name="z_true", limit=args.max_lae, seed=args.seed)
-    print(f"priors: {sky.size} sky spectra from {args.sky}, {lae.size} LAE spectra from {args.lae}")
-    with _client(args) as client:
-        _, summary = build_lae_prior(client, (args.sky, args.sky_group, sky), (args.lae, args.lae_group, lae),
-                                     out=args.out, name=args.name, rescale=args.rescale, n_sky=args.n_sky,
-                                     n_lae=args.n_lae, variance_model=args.variance_model,
-                                     overwrite=args.overwrite)
-    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_source")}, indent=1))
-    print(f"priors: {args.out}/priors/{args.name}")
-    return 0
+    return _command(args, "priors")
 
 
 def _cmd_lae(args: argparse.Namespace) -> int:
+    from dzspec.engines.madgics.interlopers import INTERLOPER_BITS, select_lae
     from dzspec.io import store as zstore
-    from dzspec.kernels.lae_interlopers import INTERLOPER_BITS, select_lae
     from dzspec.parallel.lae import run_lae
 
     params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
@@ -311,69 +230,11 @@ def _cmd_lae(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from dzspec.parallel.stats import survey_report
-
-    thresholds = None
-    if args.thresholds:
-        lo, hi, count = args.thresholds.split(":")
-        thresholds = np.linspace(float(lo), float(hi), int(count))
-    rows = None
-    if args.rows:
-        start, _, stop = args.rows.partition(":")
-        rows = slice(int(start) if start else None, int(stop) if stop else None)
-    with _client(args):
-        tables = survey_report(args.store, args.results, by=args.by, split=args.split, score=args.score,
-                               log10=args.log10, thresholds=thresholds, marked=args.marked, positive=args.positive,
-                               false_classes=args.false_class, z=args.z, truth=args.truth, tol=args.tol,
-                               form=args.form, nbins=args.nbins, rows=rows, name=args.name, figures=args.figures)
-    for key, table in tables.items():
-        if key.startswith("gf_"):
-            print(f"{key} ({table.attrs['form']} tol {table.attrs['tol']}):")
-            for i in range(table.sizes["bin"]):
-                row = table.isel(bin=i)
-                print(f"  [{float(row.bin_lo):g}, {float(row.bin_hi):g}]  n={int(row.n)}  GF={float(row.gf):.3f} "
-                      f"({float(row.gf_lo):.3f}-{float(row.gf_hi):.3f})  MAE={float(row.mae):.2e}")
-        elif key.startswith("threshold_"):
-            attrs = table.attrs
-            line = (f"{key}: AUC {attrs['auc']:.3f}; nearest (0,1) at {attrs['best_threshold']:g} "
-                    f"(TPR {attrs['best_tpr']:.3f}, FPR {attrs['best_fpr']:.3f})")
-            if "marked" in attrs:
-                line += (f"; at {attrs['marked']:g}: purity {attrs['purity_at_marked']:.3f}, completeness "
-                         f"{attrs['completeness_at_marked']:.3f}")
-            print(line)
-    print(f"tables in {args.store}/stats/{args.name or args.results.rstrip('/').rsplit('/', 1)[-1]}/"
-          + (f"; figures in {args.figures}" if args.figures else ""))
-    return 0
+    return _command(args, "stats")
 
 
 def _cmd_convergence(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from dzspec.parallel.exposure_convergence import exposure_convergence
-
-    with _client(args) as client:
-        report = exposure_convergence(args.store, args.prior, client, exposures=args.exposures,
-                                      prior_name=args.name, n_max=args.n_max, n_draws=args.draws,
-                                      min_exposures=args.min_exposures, seed=args.seed, estimator=args.estimator,
-                                      flux_name=args.flux_column, z_min=args.z_min, n_shifts=args.n_shifts,
-                                      out=args.out, overwrite=args.overwrite,
-                                      progress=not args.no_progress)
-    grid = report.grid
-    print(f"{report.ntargets} targets in {report.nblocks} blocks: {report.already_done} already done, "
-          f"{report.computed} computed, {len(report.failed)} failed; tables in {args.store}/{args.out}")
-    for i, threshold in enumerate(grid.flux_threshold.values):
-        cells = " ".join(f"{f:4.2f}" if np.isfinite(f) else "   -" for f in grid.converged_fraction.values[i])
-        print(f"  line flux >= {threshold:g}: {cells}")
-    if args.figure:
-        from dzspec.viz.exposure import plot_exposure_convergence
-
-        plot_exposure_convergence(grid.converged_fraction.values, grid["count"].values,
-                                  np.r_[grid.exptime_lo.values, grid.exptime_hi.values[-1]],
-                                  grid.flux_threshold.values, args.figure)
-        print(f"figure: {args.figure}")
-    return 0 if report.complete else 1
+    return _command(args, "convergence")
 
 
 def _cmd_gallery(args: argparse.Namespace) -> int:
@@ -445,7 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         return run_demo(Path(args.out), client, nfiles=args.files, spectra_per_file=args.spectra_per_file,
-                        progress=not args.no_progress)
+                        progress=_progress(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -636,14 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibrate and store)")
     p.set_defaults(func=_cmd_calibrate_zerr)
 
-    p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (ingest, simulate, zfind, lae, "
-                                   "stats) in one TOML file")
+    p = sub.add_parser("run", help="run a pipeline config: store, cluster and steps (any command that works on a "
+                                   "store: ingest, simulate, train, zfind, lae, blends, stats, export...) in one "
+                                   "TOML file")
     p.add_argument("config", help="the TOML config (see dzspec.parallel.pipeline and deploy/)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done in every step")
+    mode.add_argument("--resume", action="store_true", help="compute only the blocks not yet done in every step, "
+                      "keep the outputs steps made already")
     mode.add_argument("--overwrite", action="store_true", help="discard existing results and start again")
     p.add_argument("--report", help="Dask performance report (default: <store>.report.html beside the store)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("blends", help="NMF blend detection after zfind: rescan with the first galaxy's fit fixed "

@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import dask
+import dask.system
 from distributed import Client, WorkerPlugin
 
 __all__ = [
@@ -78,13 +79,16 @@ class WorkerTuning(WorkerPlugin):
 def default_worker_layout(threads_per_worker: int = 1, n_workers: int | None = None) -> tuple[int, int]:
     """(workers, threads per worker) for this machine: one single-threaded process per core by default.
 
+    The cores are those this process may use (:func:`dask.system.cpu_count`): the CPU affinity mask and a cgroup CPU
+    quota (a container's or a batch job's ``--cpus``) count, not the host's cores.
+
     Examples
     --------
     >>> workers, threads = default_worker_layout()
     >>> workers >= 1 and threads == 1
     True
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = dask.system.cpu_count()
     threads_per_worker = max(1, threads_per_worker)
     workers = n_workers or max(1, cores // threads_per_worker)
     return workers, threads_per_worker

@@ -20,6 +20,18 @@ def test_default_layout_one_thread_per_core():
     assert default_worker_layout(threads_per_worker=2, n_workers=3) == (3, 2)
 
 
+def test_default_layout_counts_the_cores_this_process_may_use(monkeypatch):
+    """dask.system.cpu_count: the affinity mask and a cgroup CPU quota (a container's --cpus, a batch job's
+    allocation) count, not the host's cores."""
+    import dask.system
+
+    monkeypatch.setattr(dask.system, "cpu_count", lambda: 3)
+    assert default_worker_layout() == (3, 1)
+    assert default_worker_layout(threads_per_worker=2) == (1, 2)
+    assert default_worker_layout(threads_per_worker=4) == (1, 4)  # never no worker
+    assert default_worker_layout(n_workers=5) == (5, 1)
+
+
 def _thread_settings():
     import os
 

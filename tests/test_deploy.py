@@ -1,5 +1,5 @@
-"""deploy/: every example config is valid, the job scripts dask-jobqueue would submit match their snapshots, bad
-configs are refused naming the key, and `dzspec run` runs a config end to end on a LocalCluster and resumes."""
+"""deploy/: every example config is valid and the job scripts dask-jobqueue would submit match their snapshots (the
+config checks and `dzspec run` itself: tests/parallel/test_pipeline.py)."""
 
 import importlib.util
 import os
@@ -9,13 +9,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import xarray as xr
 
 from dzspec.cluster import jobqueue_cluster
-from dzspec.io import store as zstore
 from dzspec.parallel.pipeline import ConfigError, load_config
-from tests.conftest import DESI_GROUP as GROUP
-from tests.conftest import small_lae_prior, write_lae_pipeline
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
@@ -134,74 +130,3 @@ def test_job_scripts_match_their_snapshots(target):
     if os.environ.get("DZSPEC_UPDATE_SNAPSHOTS"):
         snapshot.write_text(script)
     assert script == snapshot.read_text(), "job script changed; rerun with DZSPEC_UPDATE_SNAPSHOTS=1 if intended"
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ('store = "s"\nsteps = []\nworkers = 2\n', "unknown key 'workers'; the top level takes"),
-    ('store = "s"\n[cluster]\nkind = "k8s"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "'cluster.kind' must be one of"),
-    ('store = "s"\n[cluster]\nkind = "address"\n[[steps]]\nkind = "lae"\nprior = "p"\n', "needs 'cluster.address'"),
-    ('store = "s"\n[[steps]]\nkind = "lae"\nprior_nam = "p"\n', "steps[0] (lae): unknown key 'prior_nam'"),
-    ('store = "s"\n[[steps]]\nkind = "zfind"\nbasis = 3\n', "'basis' must be a string, not int 3"),
-    ('store = "s"\n[[steps]]\nkind = "train"\n', "unknown kind 'train'"),
-    ('[[steps]]\nkind = "lae"\nprior = "p"\n', "missing key 'store'"),
-    ('store = "s"\n[cluster]\nworkers = "many"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
-     "'cluster.workers' must be an integer"),
-    ('store = "s"\n[[steps]\n', "not valid TOML"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
-     "cluster.kind = 'gateway' needs 'cluster.address'"),
-    ('store = "s"\n[cluster]\nkind = "local"\ncluster_name = "c"\n[[steps]]\nkind = "lae"\nprior = "p"\n',
-     "'cluster.cluster_name' is only for cluster.kind = 'gateway', not 'local'"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nadapt = {max = 4}\n[[steps]]\nkind = "lae"\n'
-     'prior = "p"\n', "unknown key 'cluster.adapt.max'; it takes minimum, maximum"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nadapt = {minimum = "1"}\n[[steps]]\n'
-     'kind = "lae"\nprior = "p"\n', "'cluster.adapt.minimum' must be an integer"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nworkers = 2\nadapt = {maximum = 4}\n'
-     '[[steps]]\nkind = "lae"\nprior = "p"\n', "'cluster.workers' (a fixed count) and 'cluster.adapt' exclude"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\ncluster_name = "c"\n[cluster.gateway]\n'
-     'worker_cores = 1\n[[steps]]\nkind = "lae"\nprior = "p"\n', "give one of them"),
-    ('store = "s"\n[cluster]\nkind = "gateway"\naddress = "http://g"\nauth = 1\n[[steps]]\nkind = "lae"\n'
-     'prior = "p"\n', "'cluster.auth' must be a string"),
-])
-def test_bad_configs_name_the_key(tmp_path, text, message):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(message)) as info:
-        load_config(path)
-    assert str(path) in str(info.value)
-
-
-def test_gateway_address_may_come_from_the_dask_config(tmp_path):
-    """Inside a JupyterHub with Dask Gateway, DASK_GATEWAY__ADDRESS (dask's gateway.address) names the gateway."""
-    import dask
-
-    path = tmp_path / "hub.toml"
-    path.write_text('store = "s"\n[cluster]\nkind = "gateway"\n[[steps]]\nkind = "lae"\nprior = "p"\n')
-    with dask.config.set({"gateway.address": "https://hub.example.org/services/dask-gateway"}):
-        assert load_config(path).cluster == {"kind": "gateway"}
-
-
-def test_dzspec_run_end_to_end_and_resume(tmp_path, client, capsys):
-    from dzspec.cli import main
-
-    small_lae_prior(client, tmp_path / "prior.zarr", seed=41)
-    config = write_lae_pipeline(tmp_path / "run.toml", 'kind = "local"\nworkers = 1', 160, 42, f"""[[steps]]
-kind = "stats"
-results = "results/{GROUP}/madgics_lae"
-score = "lae_abs_dchi2_cal"
-positive = "correct"
-form = "absolute"
-marked = 25
-""")
-    assert main(["run", str(config), "--overwrite", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "step 3/3: stats" in out and "dask dashboard:" in out
-    results = zstore.open_results(tmp_path / "survey.zarr", f"results/{GROUP}/madgics_lae")
-    assert results.sizes["spectrum"] == 160
-    assert (tmp_path / "survey.zarr.report.html").stat().st_size > 10_000
-    table = xr.open_zarr(tmp_path / "survey.zarr", group="stats/madgics_lae/threshold_lae_abs_dchi2_cal",
-                         consolidated=False)
-    assert table.attrs["marked"] == 25
-    assert main(["run", str(config), "--resume", "--no-progress"]) == 0
-    assert "1 blocks, 1 already done, 0 computed" in capsys.readouterr().out
-    assert main(["run", str(tmp_path / "missing.toml")]) == 2
-    assert "no such config file" in capsys.readouterr().err
