@@ -188,7 +188,7 @@ def build_lae_prior(
     # pass 1: the cuts and the covariance diagonal the rescaling is fitted to
     powers = reduce_blocks(client, _sky_power_block, _row_bounds(sky_rows.size, block_rows),
                            args=(sky_store, sky_group, sky_rows, grid, variance_model, max_sum, max_masked),
-                           combine=_merge_powers, split_every=SPLIT_EVERY, name="sky prior: cuts", progress=False)
+                           combine=_merge_powers, split_every=SPLIT_EVERY, name="sky prior: cuts", progress=None)
     kept_rows = powers["kept_rows"]
     n_kept = sum(r.size for r in kept_rows)
     if n_kept < n_sky:
@@ -204,7 +204,7 @@ def build_lae_prior(
     # summed in pairs on the workers, so the driver receives one Gram instead of one per block
     total = reduce_blocks(client, _sky_gram_block, [(0, r.size) for r in kept_rows],
                           args=(sky_store, sky_group, PerBlock(kept_rows), grid, variance_model, y), combine=_add,
-                          split_every=2, name="sky prior: Gram", progress=False)
+                          split_every=2, name="sky prior: Gram", progress=None)
     mask = sky_mask_from_counts(total["counts"], total["n"])
     sky_vectors, sky_values = sky_vectors_from_gram(total.pop("gram"), total["n"], mask, n_sky)
     log.info("sky prior: %d of %d spectra kept, %d bins masked", total["n"], sky_rows.size, int(mask.sum()))
@@ -215,7 +215,7 @@ def build_lae_prior(
     pieces = reduce_blocks(client, _lae_block, _row_bounds(lae_rows.size, block_rows),
                            args=(lae_store, lae_group, lae_rows, z_all, grid, variance_model, y, sky_vectors, mask,
                                  window_start, m, z_ref), combine=_concatenate, split_every=SPLIT_EVERY,
-                           name="LAE prior: windows", progress=False)
+                           name="LAE prior: windows", progress=None)
     variance, data, covered = pieces["variance"], pieces["data"], pieces["covered"]
     usable = np.isfinite(variance) & np.isfinite(z_all) & covered.any(axis=1)
     kept = usable & (variance < np.quantile(variance[usable], variance_quantile))
