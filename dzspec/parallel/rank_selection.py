@@ -10,6 +10,7 @@ the scans of a fold's held-out spectra are submitted as soon as its training end
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -20,6 +21,7 @@ import numpy as np
 import xarray as xr
 from distributed import Client, Future, wait
 
+from dzspec.engines.cache import process_cache
 from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
 from dzspec.engines.nmf.zfind import nmf_zfind
 from dzspec.io import store as zstore
@@ -31,9 +33,6 @@ from dzspec.parallel.train import select_training_rows, train_basis
 __all__ = ["choose_rank", "cross_validate_ranks", "fold_assignment"]
 
 log = logging.getLogger(__name__)
-
-_PREPARED: dict[str, PreparedBasis] = {}
-
 
 def fold_assignment(n: int, folds: int, seed: int = 0) -> np.ndarray:
     """Fold index (0..folds-1) of each of ``n`` rows: a seeded permutation cut into near-equal folds.
@@ -50,19 +49,36 @@ def fold_assignment(n: int, folds: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
+class _Named:
+    """A basis keyed by its token (the SHA-256 of its values), so that the process cache can hold it without hashing
+    the array at every task. Worker processes outlive one selection: a token of fold and rank alone would hand a
+    later selection (another store, another grid) the basis of an earlier one."""
+
+    def __init__(self, token: str, basis: np.ndarray):
+        self.token, self.basis = token, basis
+
+    def __hash__(self) -> int:
+        return hash(self.token)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Named) and other.token == self.token
+
+
+@process_cache(maxsize=2)
+def _prepared(named: _Named, n_obs: int) -> PreparedBasis:
+    return prepare_basis(named.basis, n_obs)
+
+
 def _scan_rows(store: str, group: str, rows: np.ndarray, basis: np.ndarray, token: str, grid: LogGrid,
                scan: dict[str, Any]) -> np.ndarray:
     """Best-trial redshifts of some rows of a spectra group with one basis (a worker keeps the last two prepared)."""
     source = zstore.open_root(store)[group]
     wavelength = source["wavelength"][:]
     _, n_obs = observed_window(wavelength, grid)
-    if token not in _PREPARED:
-        while len(_PREPARED) >= 2:
-            _PREPARED.pop(next(iter(_PREPARED)))
-        _PREPARED[token] = prepare_basis(basis, n_obs)
     z_trials = trial_redshifts(scan["z_min"], scan["z_max"], scan["dz"])
     out = nmf_zfind(wavelength, source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
-                    prepared=_PREPARED[token], grid=grid, shifts=grid.shift_of(z_trials), weighting=scan["weighting"])
+                    prepared=_prepared(_Named(token, basis), n_obs), grid=grid, shifts=grid.shift_of(z_trials),
+                    weighting=scan["weighting"])
     return out["z"]
 
 
@@ -151,10 +167,11 @@ def cross_validate_ranks(
             on_fold(f, result)
         held = np.flatnonzero(fold == f)
         for rank in ranks:
+            token = hashlib.sha256(np.ascontiguousarray(result.rank_bases[rank - 1]).tobytes()).hexdigest()
             basis = client.scatter(result.rank_bases[rank - 1], broadcast=True, hash=False)
             for start in range(0, held.size, scan_rows):
                 part = held[start : start + scan_rows]
-                future = client.submit(_scan_rows, store, group, rows[part], basis, f"{seed}-{f}-{rank}", grid, scan,
+                future = client.submit(_scan_rows, store, group, rows[part], basis, token, grid, scan,
                                        pure=False)
                 pending.append((rank, f, part, future))
     wait([p[3] for p in pending])

@@ -1,9 +1,11 @@
-"""Survey statistics over result stores of any size: lazy per-block partial sums, tree-reduced by Dask.
+"""Survey statistics over result stores of any size: per-block partial sums, tree-reduced on the workers.
 
 Columns are xarray DataArrays over ``spectrum`` as :func:`dzspec.io.store.open_results` and
-:func:`~dzspec.io.store.open_spectra` return them (Dask-backed, read chunk by chunk); each statistic maps every
-block to the partial sums of :mod:`dzspec.kernels.survey_stats` and sums them in a tree on whichever scheduler is
-active (the distributed client when one exists). Only the per-bin and per-threshold totals reach this process.
+:func:`~dzspec.io.store.open_spectra` return them (Dask-backed, read chunk by chunk); each statistic is a block
+reduction of the execution core (:func:`dzspec.parallel.core.reduce_blocks`) on the active distributed client:
+every block (a chunk of the columns) is read by one task and mapped to the partial sums of
+:mod:`dzspec.kernels.survey_stats`, and the partials are summed in a fixed tree. Only the per-bin and
+per-threshold totals reach this process; without a client the same sums run here.
 Tables come back as xarray Datasets and :func:`write_table` stores them in the Zarr store under ``stats/<name>``.
 
 Example (an in-memory array works the same as a lazy one):
@@ -23,9 +25,11 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from distributed import get_client
 
 from dzspec.errors import StoreError
 from dzspec.io import store as zstore
@@ -44,6 +48,7 @@ from dzspec.kernels.survey_stats import (
     threshold_from_partials,
     threshold_partial,
 )
+from dzspec.parallel.core import reduce_blocks
 
 __all__ = [
     "class_histograms",
@@ -64,16 +69,42 @@ def _dask(column: xr.DataArray | np.ndarray, like: da.Array | None = None) -> da
     return array if like is None else array.rechunk(like.chunks)
 
 
+class _Columns:
+    """The columns of one statistic, opaque to distributed: their Dask graphs travel to a task as they are and the
+    task reads only its own rows (a collection given to ``submit`` directly would be computed whole first)."""
+
+    def __init__(self, arrays: Sequence[da.Array]):
+        self.arrays = list(arrays)
+
+    def rows(self, start: int, stop: int) -> list[np.ndarray]:
+        return [np.asarray(a) for a in dask.compute(*(a[start:stop] for a in self.arrays), scheduler="sync")]
+
+
+def _partial(block: int, start: int, stop: int, columns: _Columns, func: Callable[..., np.ndarray],
+             kwargs: Mapping[str, Any]) -> np.ndarray:
+    return np.asarray(func(*columns.rows(start, stop), **kwargs), dtype=np.float64)
+
+
 def _block_sum(func: Callable[..., np.ndarray], columns: Sequence[xr.DataArray | np.ndarray],
                shape: tuple[int, ...], **kwargs: Any) -> np.ndarray:
-    """``sum over blocks of func(*blocks, **kwargs)`` (each of ``shape``), as a tree reduction of lazy blocks."""
+    """``sum over blocks of func(*blocks, **kwargs)`` (each of ``shape``): a block reduction of the execution core
+    (:func:`dzspec.parallel.core.reduce_blocks`) on the active distributed client, one block per chunk of the first
+    column; without a client, the same sums in this process."""
     first = _dask(columns[0])
-    arrays = [first, *(_dask(c, first) for c in columns[1:])]
-    parts = da.map_blocks(lambda *blocks: np.asarray(func(*blocks, **kwargs), dtype=np.float64)[None], *arrays,
-                          new_axis=list(range(1, len(shape) + 1)),
-                          chunks=((1,) * first.numblocks[0], *((s,) for s in shape)), dtype=np.float64,
-                          meta=np.empty((0,) * (len(shape) + 1)))
-    return parts.sum(axis=0, split_every=16).compute()
+    arrays = _Columns([first, *(_dask(c, first) for c in columns[1:])])
+    starts = np.concatenate([[0], np.cumsum(first.chunks[0])]).astype(int)
+    bounds = list(itertools.pairwise(starts.tolist())) or [(0, 0)]
+    try:
+        client = get_client()
+    except ValueError:  # no distributed client: NumPy columns or a notebook without a cluster
+        client = None
+    if client is None:
+        total = np.zeros(shape)
+        for block, (start, stop) in enumerate(bounds):
+            total += _partial(block, start, stop, arrays, func, kwargs)
+        return total
+    return reduce_blocks(client, _partial, bounds, args=(arrays, func, kwargs), split_every=16,
+                         name=getattr(func, "__name__", "statistic").strip("_"), progress=False)
 
 
 def _bin_of(z_true: np.ndarray, by: np.ndarray | None, edges: np.ndarray | None) -> np.ndarray:
