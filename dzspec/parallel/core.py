@@ -407,12 +407,11 @@ def reduce_blocks(
     running = as_completed()
     slots: dict[str, tuple[int, int]] = {}  # future key -> (level, index)
     todo = iter(range(nblocks))
-    in_flight = 0
 
-    def submit_partial() -> bool:
+    def submit_partial() -> None:
         block = next(todo, None)
         if block is None:
-            return False
+            return
         if block in saved:
             future = client.submit(checkpoint.load, block, key=f"dzspec-{stem}-{token}-load-{block}", pure=False)
         else:
@@ -421,7 +420,6 @@ def reduce_blocks(
                                    key=f"dzspec-{stem}-{token}-{block}", pure=False)
         slots[future.key] = (0, block)
         running.add(future)
-        return True
 
     def place(level: int, index: int, future: Any) -> None:
         levels[level][index] = future
@@ -439,8 +437,8 @@ def reduce_blocks(
             slots[combined.key] = (level + 1, group)
             running.add(combined)
 
-    for _ in range(max_in_flight):
-        in_flight += submit_partial()
+    for _ in range(max_in_flight):  # then one more each time a partial finishes
+        submit_partial()
     with tqdm(total=nblocks, desc=name or stem, disable=not progress_enabled(progress)) as bar:
         for future in running:
             level, index = slots.pop(future.key)
@@ -452,8 +450,7 @@ def reduce_blocks(
                                    ) from error
             if level == 0:
                 bar.update(1)
-                in_flight -= 1
-                in_flight += submit_partial()
+                submit_partial()
             place(level, index, future)
     result = levels[-1][0].result()
     if checkpoint is not None:

@@ -5,7 +5,8 @@ the MAE with 5xMAD rejection (METHODS §3) on the held-out fold score each rank.
 rank passes through every smaller rank (:attr:`~dzspec.engines.nmf.train.NMFResult.rank_bases`), so each fold needs
 one training, not one per rank; the rank-r basis is the state at the end of rank r's stage (the full-rank re-run
 of the schedule is not applied to the snapshots). Trainings run one after the other, each spread over the cluster;
-the scans of a fold's held-out spectra are submitted as soon as its training ends and overlap the next training.
+the scans of a fold's held-out spectra (one block reduction of :mod:`dzspec.parallel.core` per rank) start as soon
+as its training ends and overlap the next training.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
-from distributed import Client, Future, wait
+from distributed import Client
 
 from dzspec.engines.cache import process_cache
 from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
@@ -28,6 +30,7 @@ from dzspec.io import store as zstore
 from dzspec.kernels.metrics import good_fraction, mae_with_rejection
 from dzspec.kernels.restframe import PAPER_GRID, LogGrid, observed_window
 from dzspec.kernels.trials import trial_redshifts
+from dzspec.parallel.core import reduce_blocks
 from dzspec.parallel.train import select_training_rows, train_basis
 
 __all__ = ["choose_rank", "cross_validate_ranks", "fold_assignment"]
@@ -64,14 +67,20 @@ class _Named:
         return isinstance(other, _Named) and other.token == self.token
 
 
+def _concatenate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.concatenate([a, b])
+
+
 @process_cache(maxsize=2)
 def _prepared(named: _Named, n_obs: int) -> PreparedBasis:
     return prepare_basis(named.basis, n_obs)
 
 
-def _scan_rows(store: str, group: str, rows: np.ndarray, basis: np.ndarray, token: str, grid: LogGrid,
-               scan: dict[str, Any]) -> np.ndarray:
-    """Best-trial redshifts of some rows of a spectra group with one basis (a worker keeps the last two prepared)."""
+def _scan_rows(block: int, start: int, stop: int, store: str, group: str, rows: np.ndarray, basis: np.ndarray,
+               token: str, grid: LogGrid, scan: dict[str, Any]) -> np.ndarray:
+    """Best-trial redshifts of ``rows[start:stop]`` of a spectra group with one basis (a worker keeps the last two
+    prepared); a partial of a concatenating block reduction."""
+    rows = rows[start:stop]
     source = zstore.open_root(store)[group]
     wavelength = source["wavelength"][:]
     _, n_obs = observed_window(wavelength, grid)
@@ -158,26 +167,28 @@ def cross_validate_ranks(
     fold = fold_assignment(rows.size, folds, seed)
     z_true = zstore.open_root(store)[group][z_name].oindex[rows].astype(np.float64)
     scan = {"z_min": z_min, "z_max": z_max, "dz": dz, "weighting": weighting}
-    pending: list[tuple[int, int, np.ndarray, Future]] = []
-    for f in range(folds):
-        result, _ = train_basis(store, client, max(ranks), group=group, rows=rows[fold != f], grid=grid,
-                                z_name=z_name, **(train or {}))
-        log.info("fold %d/%d trained: %s iterations", f + 1, folds, result.iterations)
-        if on_fold is not None:
-            on_fold(f, result)
-        held = np.flatnonzero(fold == f)
-        for rank in ranks:
-            token = hashlib.sha256(np.ascontiguousarray(result.rank_bases[rank - 1]).tobytes()).hexdigest()
-            basis = client.scatter(result.rank_bases[rank - 1], broadcast=True, hash=False)
-            for start in range(0, held.size, scan_rows):
-                part = held[start : start + scan_rows]
-                future = client.submit(_scan_rows, store, group, rows[part], basis, token, grid, scan,
-                                       pure=False)
-                pending.append((rank, f, part, future))
-    wait([p[3] for p in pending])
     z_pred = np.full((len(ranks), rows.size), np.nan)
-    for (rank, _, part, _), z in zip(pending, client.gather([p[3] for p in pending]), strict=True):
-        z_pred[ranks.index(rank), part] = z
+    # Each (fold, rank) scan is a block reduction of the core (z concatenated in row order), run by a background
+    # thread so that a fold's scans overlap the next fold's training on the same cluster.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dzspec-cv-scans") as scans:
+        pending: list[tuple[int, np.ndarray, Future[np.ndarray]]] = []
+        for f in range(folds):
+            result, _ = train_basis(store, client, max(ranks), group=group, rows=rows[fold != f], grid=grid,
+                                    z_name=z_name, **(train or {}))
+            log.info("fold %d/%d trained: %s iterations", f + 1, folds, result.iterations)
+            if on_fold is not None:
+                on_fold(f, result)
+            held = np.flatnonzero(fold == f)
+            bounds = [(start, min(start + scan_rows, held.size)) for start in range(0, held.size, scan_rows)]
+            for rank in ranks:
+                token = hashlib.sha256(np.ascontiguousarray(result.rank_bases[rank - 1]).tobytes()).hexdigest()
+                basis = client.scatter(result.rank_bases[rank - 1], broadcast=True, hash=False)
+                pending.append((rank, held, scans.submit(
+                    reduce_blocks, client, _scan_rows, bounds, args=(store, group, rows[held], basis, token, grid,
+                                                                     scan),
+                    combine=_concatenate, split_every=64, name=f"fold {f + 1} rank {rank}", progress=False)))
+        for rank, held, job in pending:
+            z_pred[ranks.index(rank), held] = job.result()
     shape = (len(ranks), folds)
     table = {name: np.full(shape, np.nan) for name in ("gf", "mae")}
     counts = {name: np.zeros(shape, dtype=np.int64) for name in ("n_good", "n_test", "n_kept")}
