@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dzspec.engines.madgics.params import LaeScanParams
+from dzspec.engines.nmf.params import BlendParams, ZfindParams
+from dzspec.params import add_flags, from_args
+
 __all__ = ["main"]
 
 log = logging.getLogger("dzspec")
@@ -160,8 +164,7 @@ def _cmd_zfind(args: argparse.Namespace) -> int:
 
     if args.chi2_decimate < 1:  # before a cluster starts
         raise ValueError(f"--chi2-decimate must be at least 1, not {args.chi2_decimate}")
-    params = {"z_min": args.z_min, "z_max": args.z_max, "dz": args.dz, "weighting": args.weighting,
-              "refine": not args.no_refine, "store_chi2": args.store_chi2, "chi2_decimate": args.chi2_decimate}
+    params = {"z_min": args.z_min, "z_max": args.z_max, **from_args(args, ZfindParams)}
     if args.nuisance_order is not None:
         params["nuisance_order"] = args.nuisance_order
     basis, name = (args.basis, args.name) if args.basis else _shipped("basis", args.store, args.group)
@@ -210,9 +213,7 @@ def _cmd_lae(args: argparse.Namespace) -> int:
     from dzspec.io import store as zstore
     from dzspec.parallel.lae import run_lae
 
-    params = {"z_min": args.z_min, "n_shifts": args.n_shifts, "fine_half_width": args.fine_half_width,
-              "calibration": args.calibration, "ew_min": args.ew_min, "lowz_max": args.lowz_max,
-              "line_snr_min": args.line_snr_min, "dchi2_min": args.threshold}
+    params = from_args(args, LaeScanParams)
     prior, name = (args.prior, args.name) if args.prior else _shipped("prior", args.store, args.group)
     with _client(args) as client:
         report = run_lae(args.store, prior, client, prior_name=name, params=params,
@@ -436,11 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-min", type=float, help="first trial redshift (default: the basis's scan range, else 0)")
     p.add_argument("--z-max", type=float, help="last trial redshift (default: the basis's scan range, else 6.7; "
                    "the shipped desi_galaxy basis: 0-1.7)")
-    p.add_argument("--dz", type=float, default=0.0005, help="trial step (B26: 0.0005)")
-    p.add_argument("--weighting", choices=("weighted", "unweighted"), default="weighted",
-                   help="NNLS weighting; unweighted reproduces the authors' code (chi2 stays weighted)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="skip the sub-pixel refinement of the best trial (no z_refined, chi2_refined)")
+    add_flags(p, ZfindParams)  # --dz, --weighting, --no-refine, --store-chi2, --chi2-decimate
     p.add_argument("--nuisance-order", type=int, metavar="N",
                    help="free-sign Legendre terms P0..PN over the observed window beside the basis: P0 absorbs sky "
                         "pedestals (default 0, or -1 = none with --weighting unweighted); 1-2 also absorb tilts but "
@@ -452,9 +449,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
                    help="per-wavelength variance inflation at sky-residual pixels (dzspec calibrate-noise); auto "
                         "(default): the store's own, measured first when missing and the group has >= 300 spectra")
-    p.add_argument("--store-chi2", action="store_true", help="also store chi2 over the trials (zchi2)")
-    p.add_argument("--chi2-decimate", type=int, default=1, metavar="N",
-                   help="with --store-chi2: keep the minimum of each N consecutive trials (default 1: all)")
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_zfind)
@@ -516,9 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="nmf", help="basis name (default: nmf)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
     p.add_argument("--zfind-results", help="the first scan (default: results/<grid>/nmf_zfind)")
-    p.add_argument("--t-blend", type=float, default=0.011, help="flag a blend above this score (B26: 0.011)")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="drop second minima within this of a line confusion with z1 (default 0.01)")
+    add_flags(p, BlendParams)  # --t-blend, --tolerance
     _add_runner_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_blends)
@@ -554,19 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "shipped DESI priors (dzspec models)")
     p.add_argument("--name", default="lae", help="prior name (default: lae)")
     p.add_argument("--group", help="spectra group (default: the store's only one)")
-    p.add_argument("--z-min", type=float, default=2.0, help="redshift of the first shift (U25: 2)")
-    p.add_argument("--n-shifts", type=int, default=4501, help="one-pixel shifts scanned (U25: 4501)")
-    p.add_argument("--fine-half-width", type=float, default=5.0, help="fine scan +- pixels at 0.1 px (U25: 5)")
-    p.add_argument("--calibration", type=float, default=1.0,
-                   help="U25's s: zerr is multiplied by it, |dchi2| divided by its square (default 1: none)")
-    p.add_argument("--ew-min", type=float, default=20.0,
-                   help="flag LOW_EW below this rest-frame Lya EW (A) where the continuum is detected (default 20)")
-    p.add_argument("--lowz-max", type=float, default=25.0,
-                   help="flag LOWZ_LINES above this companion-line chi-square of a low-z reading (default 25)")
-    p.add_argument("--line-snr-min", type=float, default=2.0,
-                   help="flag NO_LINE below this S/N of a Gaussian at the Lya wavelength on the native pixels")
-    p.add_argument("--threshold", type=float, default=25.0,
-                   help="calibrated |dchi2| of an LAE detection (U25: 25): below it zwarn has LOW_SIGNIFICANCE")
+    add_flags(p, LaeScanParams)  # --z-min, --n-shifts, ..., --threshold (dchi2_min)
     p.add_argument("--noise-calibration", default="auto", metavar="auto|off|NAME",
                    help="per-wavelength variance inflation at sky-residual pixels, as for zfind (default auto)")
     _add_runner_args(p)

@@ -2,7 +2,8 @@
 
 * **Kernel modules**: every module under ``dzspec/kernels/`` and ``dzspec/engines/`` except the engines' adapters.
   They are pure numerics on in-memory arrays: they import only numerical libraries (numpy, scipy, numba, sklearn),
-  a few standard-library modules, other kernel modules and :mod:`dzspec.results_schema` (the flag vocabulary), and
+  a few standard-library modules, other kernel modules, :mod:`dzspec.results_schema` (the flag vocabulary) and
+  :mod:`dzspec.params` (the parameter dataclass helpers, standard library only), and
   importing all of them loads no dask, distributed, xarray or zarr.
 * **Adapter modules**: ``dzspec/engines/**/adapter.py``. They turn a block and a run's parameters into a kernel's
   outputs and load the models the kernels need, so they may in addition import the standard library's path helpers
@@ -84,7 +85,9 @@ NUMERICAL = {"numpy", "scipy", "numba", "sklearn"}
 
 
 def _dzspec_allowed_for_kernels(name: str) -> bool:
-    return name == "dzspec.results_schema" or (name in KERNEL_MODULES or name in {"dzspec.kernels", "dzspec.engines"})
+    # dzspec.params: the parameter dataclass helpers (standard library only)
+    return name in {"dzspec.results_schema", "dzspec.params"} or (name in KERNEL_MODULES
+                                                                   or name in {"dzspec.kernels", "dzspec.engines"})
 
 
 def test_kernels_import_only_numerical_libraries():

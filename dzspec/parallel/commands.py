@@ -16,6 +16,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from dzspec.engines.nmf.params import BlendParams
+
 __all__ = ["blends", "calibrate_confidence", "calibrate_noise", "calibrate_zerr", "convergence", "export",
            "parse_edges", "parse_ranks", "parse_rows", "parse_thresholds", "priors", "select_rank", "stats", "train"]
 
@@ -139,8 +141,8 @@ def priors(client: ClientLike, *, sky: PathArg, lae: PathArg, out: PathArg, sky_
 
 
 def blends(store: PathArg, client: ClientLike, *, basis: PathArg, name: str = "nmf", zfind_results: str | None = None,
-           t_blend: float = 0.011, tolerance: float = 0.01, params: Mapping[str, Any] | None = None,
-           echo: Echo = print, **runner: Any) -> bool:
+           t_blend: float = BlendParams.t_blend, tolerance: float = BlendParams.tolerance,
+           params: Mapping[str, Any] | None = None, echo: Echo = print, **runner: Any) -> bool:
     """``dzspec blends``: NMF blend detection after zfind (:func:`dzspec.parallel.blends.run_blends`); ``params``
     set the blend kernel's other parameters, ``runner`` goes to the block runner (group, resume, overwrite,
     block_rows, progress)."""

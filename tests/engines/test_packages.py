@@ -5,9 +5,10 @@ import importlib
 import pytest
 
 PACKAGES = {
-    "dzspec.engines.nmf": ["adapter", "blends", "confidence", "grams", "metrics", "model_spectra", "nnls", "refine",
-                           "scan", "train", "zerr", "zfind", "zspikes"],
-    "dzspec.engines.madgics": ["adapter", "exposure_convergence", "injection", "interlopers", "priors", "scan"],
+    "dzspec.engines.nmf": ["adapter", "blends", "confidence", "grams", "metrics", "model_spectra", "nnls", "params",
+                           "refine", "scan", "train", "zerr", "zfind", "zspikes"],
+    "dzspec.engines.madgics": ["adapter", "exposure_convergence", "injection", "interlopers", "params", "priors",
+                               "scan"],
 }
 
 

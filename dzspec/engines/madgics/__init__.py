@@ -14,6 +14,8 @@ others nor the store layer).
   companion lines) and the trust cut :func:`select_lae`.
 * :mod:`~dzspec.engines.madgics.injection`: injection-recovery and the calibration of the scan's significance.
 * :mod:`~dzspec.engines.madgics.exposure_convergence`: how redshifts converge with exposure time (U25 Fig. 9).
+* :mod:`~dzspec.engines.madgics.params`: the scan's parameters (:class:`LaeScanParams`), the one source of their
+  defaults and help for the kernel, ``dzspec lae`` and the pipeline.
 * :mod:`~dzspec.engines.madgics.adapter`: the block kernel as the runner sees it (:data:`LAE_SCAN`), its parameters
   (:func:`lae_params`), the scan as a run makes it (:func:`scan_as_run`), the per-block pieces of the prior build and
   the worker-side prior cache (:func:`cached_prior`).
@@ -25,6 +27,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "LaeScanParams": "dzspec.engines.madgics.params",
     "LAE_GRID_DELTA": "dzspec.engines.madgics.scan",
     "LAE_GRID_START": "dzspec.engines.madgics.scan",
     "LAEPrior": "dzspec.engines.madgics.scan",

@@ -21,11 +21,13 @@ import numpy as np
 from dzspec.engines.adapter import NOISE_PARAMS, calibrated_ivar
 from dzspec.engines.cache import process_cache
 from dzspec.engines.madgics.interlopers import LOWZ_HYPOTHESES, interloper_tests
+from dzspec.engines.madgics.params import LaeScanParams
 from dzspec.engines.madgics.priors import align_windows, gram, sky_line_counts, sky_power, sky_spectra_keep
 from dzspec.engines.madgics.scan import LAEScan, lae_line_flux, scan_lae, sky_component
 from dzspec.io.priors import LoadedPrior, load_lae_prior
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.restframe import LogGrid
+from dzspec.params import defaults_of
 from dzspec.results_schema import CANDIDATE_DIM, LAEWarn, output_specs
 
 __all__ = ["LAE_SCAN", "cached_prior", "lae_params", "prior_lae_windows", "prior_sky_gram", "prior_sky_power",
@@ -121,9 +123,7 @@ LAE_SCAN = KernelSpec(
     inputs=("flux", "ivar"),
     outputs=_lae_outputs,
     version="6",
-    defaults={"z_min": 2.0, "n_shifts": 4501, "fine_half_width": 5.0, "calibration": 1.0, "exclusion": 10,
-              "ew_min": 20.0, "continuum_snr": 10.0, "lowz_max": 25.0, "line_snr_min": 2.0, "dchi2_min": 25.0,
-              **NOISE_PARAMS},
+    defaults={**defaults_of(LaeScanParams), **NOISE_PARAMS},
 )
 
 

@@ -25,6 +25,8 @@ others nor the store layer).
   residual.
 * :mod:`~dzspec.engines.nmf.model_spectra`: the best-fit model of a scan on each spectrum's own grid.
 * :mod:`~dzspec.engines.nmf.train`: weighted NMF training of a basis (with missing values and negative data).
+* :mod:`~dzspec.engines.nmf.params`: the scan's and the blend detection's parameters (:class:`ZfindParams`,
+  :class:`BlendParams`), the one source of their defaults and help for the kernels, the CLI and the pipeline.
 * :mod:`~dzspec.engines.nmf.adapter`: the block kernels as the runner sees them (:data:`ZFIND`, :data:`BLENDS`),
   their parameters (:func:`zfind_params`), the whole-set passes (:func:`finalize_flags`) and the worker-side model
   cache (:func:`cached_basis`, :func:`cached_prepared`, :func:`cached_sky_continuum`,
@@ -87,7 +89,9 @@ _EXPORTS = {
     "FIT_ABSORPTION": "dzspec.engines.nmf.blends",
     "FIT_LINES": "dzspec.engines.nmf.blends",
     "LINE_COMPONENTS": "dzspec.engines.nmf.blends",
-    "MUSE_LSF_FWHM": "dzspec.engines.nmf.blends",
+    "MUSE_LSF_FWHM": "dzspec.engines.nmf.params",
+    "BlendParams": "dzspec.engines.nmf.params",
+    "ZfindParams": "dzspec.engines.nmf.params",
     "ROC_THRESHOLDS": "dzspec.engines.nmf.blends",
     "BlendResult": "dzspec.engines.nmf.blends",
     "FirstModel": "dzspec.engines.nmf.blends",

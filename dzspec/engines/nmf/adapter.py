@@ -22,9 +22,10 @@ import numpy as np
 
 from dzspec.engines.adapter import NOISE_PARAMS, calibrated_ivar
 from dzspec.engines.cache import process_cache
-from dzspec.engines.nmf.blends import MUSE_LSF_FWHM, detect_blends, line_terms
+from dzspec.engines.nmf.blends import detect_blends, line_terms
 from dzspec.engines.nmf.confidence import FEATURE_INPUTS, ConfidenceModel, scan_features
 from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
+from dzspec.engines.nmf.params import BlendParams, ZfindParams
 from dzspec.engines.nmf.zfind import MIN_DELTACHI2, nmf_zfind
 from dzspec.engines.nmf.zspikes import find_spikes, spike_members, trial_index
 from dzspec.io import store as zstore
@@ -32,6 +33,7 @@ from dzspec.io.bases import Basis, load_basis, load_sky_continuum
 from dzspec.kernels.base import KernelSpec, OutputSpec
 from dzspec.kernels.restframe import observed_window
 from dzspec.kernels.trials import trial_redshifts
+from dzspec.params import defaults_of
 from dzspec.results_schema import CANDIDATE_DIM, REDSHIFT_DIM, ZNote, ZWarn, output_specs
 
 __all__ = [
@@ -139,10 +141,7 @@ ZFIND = KernelSpec(
     inputs=("flux", "ivar"),
     outputs=_zfind_outputs,
     version="5",
-    defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "weighting": "weighted", "support_floor": 0.0,
-              "n_candidates": 5, "refine": True, "store_chi2": False, "chi2_decimate": 1, "nuisance_order": 0,
-              "sky_sha256": "", **NOISE_PARAMS, "confidence_sha256": "", "zerr_scale": [1.0], "zerr_floor": [0.0],
-              "zerr_z_edges": []},
+    defaults={**defaults_of(ZfindParams), **NOISE_PARAMS},
 )
 
 
@@ -328,10 +327,5 @@ BLENDS = KernelSpec(
     inputs=("flux", "ivar", "targetid"),
     outputs=_blend_outputs,
     version="4",
-    defaults={"z_min": 0.0, "z_max": 6.7, "dz": 0.0005, "support_floor": 0.0, "z_column": "z_refined",
-              "t_blend": 0.011, "tolerance": 0.01, "exclusion_steps": 20, "n_minima": 20, "continuum_degree": 6,
-              "sigma_grid_kms": [0.0, 30.0, 60.0, 100.0, 150.0, 220.0, 320.0],
-              "offset_grid_kms": [-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0],
-              "lsf_fwhm": list(MUSE_LSF_FWHM), "absorption_sigma_kms": 200.0,
-              "absorption_offsets_kms": [-250.0, 0.0]},
+    defaults=defaults_of(BlendParams),
 )

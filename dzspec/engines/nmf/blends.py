@@ -43,6 +43,7 @@ from numpy.polynomial import legendre
 from dzspec.engines.nmf.grams import PreparedBasis, gram_projections
 from dzspec.engines.nmf.metrics import chi2_metrics
 from dzspec.engines.nmf.nnls import njit, nnls_gram, nnls_gram_batch
+from dzspec.engines.nmf.params import MUSE_LSF_FWHM
 from dzspec.kernels.restframe import LogGrid, observed_window, to_log_grid
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, C_KMS, EMISSION_LINES
 
@@ -51,7 +52,6 @@ __all__ = [
     "FIT_ABSORPTION",
     "FIT_LINES",
     "LINE_COMPONENTS",
-    "MUSE_LSF_FWHM",
     "ROC_THRESHOLDS",
     "BlendResult",
     "FirstModel",
@@ -89,8 +89,6 @@ LINE_COMPONENTS: dict[str, tuple[float, ...]] = {"lya": (-600.0, -350.0, 200.0, 
 #: list, which is the standard one).
 FIT_ABSORPTION: dict[str, float] = dict(ABSORPTION_LINES)
 
-#: MUSE UDF line-spread function FWHM(lambda) = a lambda^2 + b lambda + c (Angstrom; Bacon et al. 2017).
-MUSE_LSF_FWHM: tuple[float, float, float] = (5.866e-8, -9.187e-4, 6.040)
 
 #: B26's threshold sweep on the blend score: 0.003 to 0.05 by 0.001.
 ROC_THRESHOLDS: np.ndarray = np.round(0.003 + 0.001 * np.arange(48), 3)
