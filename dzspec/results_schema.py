@@ -253,11 +253,13 @@ def best_redshift_name(names: Iterable[str]) -> str:
 
 
 def output_specs(engine: str, names: Iterable[str], sizes: Mapping[str, int] | None = None,
-                 extra_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, OutputSpec]:
+                 extra_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+                 coords: Mapping[str, Any] | None = None) -> dict[str, OutputSpec]:
     """The runner's :class:`~dzspec.kernels.base.OutputSpec` of ``names`` for ``engine``, from :data:`FIELDS`.
 
     ``sizes`` gives the length of each extra dimension used (``{"candidate": 5}``); ``extra_attrs`` adds run-specific
-    attributes per field (a calibration factor, the trial redshifts of ``zchi2``).
+    attributes per field (a calibration factor); ``coords`` the values of a dimension's coordinate (the trial
+    redshifts of ``zchi2`` over ``redshift``).
 
     Examples
     --------
@@ -267,7 +269,7 @@ def output_specs(engine: str, names: Iterable[str], sizes: Mapping[str, int] | N
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    sizes, extra_attrs = dict(sizes or {}), dict(extra_attrs or {})
+    sizes, extra_attrs, coords = dict(sizes or {}), dict(extra_attrs or {}), dict(coords or {})
     out: dict[str, OutputSpec] = {}
     for name in names:
         field = FIELDS.get(name)
@@ -278,7 +280,8 @@ def output_specs(engine: str, names: Iterable[str], sizes: Mapping[str, int] | N
             attrs.update(_cf_flags(_ZWARN_FLAGS[engine]))
         attrs.update(extra_attrs.get(name, {}))
         dims = () if field.dim is None else (field.dim,)
-        out[name] = OutputSpec(field.dtype, dims, tuple(int(sizes[d]) for d in dims), field.fill, attrs)
+        out[name] = OutputSpec(field.dtype, dims, tuple(int(sizes[d]) for d in dims), field.fill, attrs,
+                               {d: coords[d] for d in dims if d in coords})
     return out
 
 

@@ -32,6 +32,9 @@ class OutputSpec:
         Value of rows that were never computed (NaN for floats).
     attrs
         Attributes stored with the array (units, description, CF flags).
+    coords
+        Values of extra dimensions that have a coordinate (e.g. the trial redshifts of ``redshift``), written once
+        per results group as a 1-D array named after the dimension.
     """
 
     dtype: str
@@ -39,10 +42,14 @@ class OutputSpec:
     sizes: tuple[int, ...] = ()
     fill: Any = np.nan
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    coords: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.dims) != len(self.sizes):
             raise ValueError(f"dims {self.dims} and sizes {self.sizes} differ in length")
+        for dim, values in self.coords.items():
+            if dim not in self.dims or len(values) != self.sizes[self.dims.index(dim)]:
+                raise ValueError(f"coordinate {dim!r} of {len(values)} values for dims {self.dims} {self.sizes}")
 
 
 @dataclass(frozen=True)

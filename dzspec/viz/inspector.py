@@ -45,7 +45,7 @@ from dzspec.io import store as zstore
 from dzspec.io import vi as zvi
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, EMISSION_LINES
 from dzspec.parallel.confidence import right_redshifts
-from dzspec.results_schema import ENGINES, best_redshift_name
+from dzspec.results_schema import ENGINES, REDSHIFT_DIM, best_redshift_name
 
 __all__ = ["LINES", "Inspector", "inspector_server", "make_document", "resolve_inspection", "serve_inspector"]
 
@@ -260,7 +260,7 @@ class Inspector:
         self.class_name, self.class_codes, self._class_values, self.class_labels = self._class_coordinate()
         self.score_names = [name for name, var in self._results.data_vars.items()
                             if var.dims == ("spectrum",) and var.dtype.kind == "f" and name != "z"]
-        self.stored_curve = "zchi2" in self._results and "trial_z" in self._results["zchi2"].attrs
+        self.stored_curve = "zchi2" in self._results and REDSHIFT_DIM in self._results["zchi2"].coords
         self.flags = zvi.inspection_flags(store, self.results)
         self.base_rows = np.arange(self.nspectrum)
         if where:
@@ -325,7 +325,7 @@ class Inspector:
         fit = _Fit(quantity="dchi2" if self.kernel == "madgics_lae" else "chi2")
         if self.stored_curve:
             attrs = self._results["zchi2"].attrs
-            fit.redshift = np.asarray(attrs["trial_z"], dtype=np.float64)
+            fit.redshift = np.asarray(self._results["zchi2"][REDSHIFT_DIM].values, dtype=np.float64)
             fit.curve = np.asarray(self._results["zchi2"][row].values, dtype=np.float64)
             fit.note = f"stored chi2 curve (decimated by {attrs.get('decimate', 1)})"
         if self.compute_models:

@@ -77,3 +77,17 @@ def test_resolve_spectra_group_names_the_choices(tmp_path):
     assert zstore.resolve_spectra_group(root, name.removeprefix("spectra/")) == name
     with pytest.raises(StoreError, match="no spectra group"):
         zstore.resolve_spectra_group(root, "nope")
+
+
+def test_an_older_zfind_store_opens_with_its_trial_redshifts_as_a_coordinate():
+    """Stores written before the ``redshift`` coordinate kept the trial redshifts in a ``trial_z`` attribute of the
+    curve (``chi2_curve`` over ``trial`` before the results vocabulary)."""
+    import xarray as xr
+
+    from dzspec.io.store import upgrade_results
+
+    old = xr.Dataset({"chi2_curve": (("spectrum", "trial"), np.ones((2, 3)), {"trial_z": [0.0, 0.5, 1.0]}),
+                      "z": ("spectrum", np.array([0.5, 1.0]))})
+    new = upgrade_results(old, "nmf_zfind")
+    assert new.zchi2.dims == ("spectrum", "redshift")
+    np.testing.assert_array_equal(new.redshift.values, [0.0, 0.5, 1.0])

@@ -292,7 +292,7 @@ def test_the_stored_curve_is_shown_and_the_model_needs_no_rescan(tmp_path, monke
     assert rescans == []
     stored = zstore.open_results(path, results)
     np.testing.assert_array_equal(page.curve_source.data["chi2"], stored.zchi2.values[0])
-    np.testing.assert_array_equal(page.curve_source.data["z"], stored.zchi2.attrs["trial_z"])
+    np.testing.assert_array_equal(page.curve_source.data["z"], stored.zchi2.redshift.values)
     assert "stored chi2 curve (decimated by 2)" in page.info.text
     assert page.model_renderers["model"].visible
 

@@ -121,17 +121,18 @@ def _zfind_outputs(params: Mapping[str, Any]) -> dict[str, OutputSpec]:
                                         "(1+z))^2), sigma the width of the refined chi2 parabola at dchi2 = 1, one "
                                         "scale and floor per range of z between zerr_z_edges",
                          **{key: list(params[key]) for key in ("zerr_scale", "zerr_floor", "zerr_z_edges")}}
+    coords = {}
     if params["store_chi2"]:
         n = int(params["chi2_decimate"])
         z_trials = trial_redshifts(float(params["z_min"]), float(params["z_max"]), float(params["dz"]))
-        # the nominal redshift of each group's first trial; stored as attrs because the runner writes no coordinates
-        trial_z = np.round(z_trials[::n], 12)
+        # the coordinate: the nominal redshift of each group's first trial
+        coords[REDSHIFT_DIM] = np.round(z_trials[::n], 12)
         names.append("zchi2")
-        sizes[REDSHIFT_DIM] = trial_z.size
+        sizes[REDSHIFT_DIM] = coords[REDSHIFT_DIM].size
         extra["zchi2"] = {"description": f"chi2 over the trial grid, decimated by {n}: entry i is the minimum over "
                                          f"trials i*{n} to i*{n}+{n - 1}, so minima keep their values",
-                          "decimate": n, "trial_z": trial_z.tolist()}
-    return output_specs("nmf_zfind", names, sizes, extra)
+                          "decimate": n}
+    return output_specs("nmf_zfind", names, sizes, extra, coords)
 
 
 #: The NMF redshift kernel as the runner sees it.

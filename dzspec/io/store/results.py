@@ -24,7 +24,7 @@ import zarr
 from dzspec._version import __version__
 from dzspec.errors import StoreError
 from dzspec.io.store.spectra import create_array, groups_holding, jsonable, open_root
-from dzspec.results_schema import CANDIDATE_DIM, FIELDS, ZNote, output_specs, upgrade_names
+from dzspec.results_schema import CANDIDATE_DIM, FIELDS, REDSHIFT_DIM, ZNote, output_specs, upgrade_names
 from dzspec.schema import RUN_STATUS, flag_attrs
 
 __all__ = [
@@ -104,6 +104,8 @@ def upgrade_results(ds: xr.Dataset, engine: str) -> xr.Dataset:
         ds = ds.drop_vars(["z_coarse", "z_alt", "lae_dchi2_coarse", "lae_dchi2_alt"])
         ds["deltachi2"] = ds["candidate_lae_dchi2"][:, 1] - ds["candidate_lae_dchi2"][:, 0]
         ds["deltachi2"].attrs = FIELDS["deltachi2"].attrs()
+    if engine == "nmf_zfind" and "zchi2" in ds and REDSHIFT_DIM not in ds.coords and "trial_z" in ds.zchi2.attrs:
+        ds = ds.assign_coords({REDSHIFT_DIM: np.asarray(ds.zchi2.attrs["trial_z"], dtype=np.float64)})  # pre-coordinate
     if engine == "nmf_zfind" and "zwarn" in ds and "znote" not in ds:  # bit 12 was NEGATIVE_MEDIAN_FLUX
         old_bit = np.uint32(1 << 12)
         ds["znote"] = xr.where((ds["zwarn"] & old_bit) != 0, np.uint32(ZNote.NEGATIVE_MEDIAN_FLUX), np.uint32(0))
@@ -136,6 +138,11 @@ def create_results_group(
     for name, spec in outputs.items():
         create_array(group, name, (n, *spec.sizes), (rows, *spec.sizes), spec.dtype, spec.fill,
                 ("spectrum", *spec.dims), spec.attrs)
+    for spec in outputs.values():
+        for dim, values in getattr(spec, "coords", {}).items():
+            if dim not in group:  # the dimension's coordinate, once per group (xarray reads it as the index)
+                values = np.asarray(values, dtype=np.float64)
+                create_array(group, dim, values.shape, values.shape, "float64", np.nan, (dim,))[...] = values
     tid = create_array(group, "targetid", (n,), (rows,), "int64", -1, ("spectrum",))
     tid[:] = targetid
     create_array(group, "run_status", (n,), (rows,), "uint8", 0, ("spectrum",),
