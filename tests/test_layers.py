@@ -86,7 +86,7 @@ NUMERICAL = {"numpy", "scipy", "numba", "sklearn"}
 
 def _dzspec_allowed_for_kernels(name: str) -> bool:
     # dzspec.params: the parameter dataclass helpers (standard library only)
-    return name in {"dzspec.results_schema", "dzspec.params"} or (name in KERNEL_MODULES
+    return name in {"dzspec.results_schema", "dzspec.params", "dzspec.reexport"} or (name in KERNEL_MODULES
                                                                    or name in {"dzspec.kernels", "dzspec.engines"})
 
 

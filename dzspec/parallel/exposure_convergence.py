@@ -317,7 +317,7 @@ def exposure_convergence(
                                dimension_names=(name,), fill_value=0)[...] = values
     done = zstore.done_blocks(group)
     log.info("%s: %d targets in %d blocks; %d already done", path, target_ids.size, plan.nblocks, int(done.sum()))
-    stage = map_blocks(client, _convergence_task, [plan.bounds(b) for b in range(plan.nblocks)], done=done,
+    stage = map_blocks(client, _convergence_task, plan.blocks, done=done,
                        args=(store, out, exposures, rows, line_flux, params), name="exposure convergence",
                        describe=lambda block, error: f"{type(error).__name__}: {error}",
                        max_in_flight=max_in_flight, retries=retries, progress=progress)

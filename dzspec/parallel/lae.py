@@ -130,10 +130,6 @@ def _concatenate(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str
     return {key: np.concatenate([a[key], b[key]]) for key in a}
 
 
-def _row_bounds(n: int, block_rows: int) -> list[tuple[int, int]]:
-    return [(start, min(start + block_rows, n)) for start in range(0, n, block_rows)]
-
-
 def build_lae_prior(
     client: Client,
     sky: tuple[str | PathLike[str], str | None, np.ndarray],
@@ -186,7 +182,7 @@ def build_lae_prior(
     if sky_rows.size < n_sky or lae_rows.size < n_lae:
         raise ValueError(f"{sky_rows.size} sky and {lae_rows.size} LAE spectra cannot make {n_sky} + {n_lae} vectors")
     # pass 1: the cuts and the covariance diagonal the rescaling is fitted to
-    powers = reduce_blocks(client, _sky_power_block, _row_bounds(sky_rows.size, block_rows),
+    powers = reduce_blocks(client, _sky_power_block, zstore.BlockPlan(sky_rows.size, block_rows).blocks,
                            args=(sky_store, sky_group, sky_rows, grid, variance_model, max_sum, max_masked),
                            combine=_merge_powers, split_every=SPLIT_EVERY, name="sky prior: cuts", progress=None)
     kept_rows = powers["kept_rows"]
@@ -212,7 +208,7 @@ def build_lae_prior(
     window_start = round((np.log10(window[0]) - grid.start) / grid.step)
     m = round((np.log10(window[1]) - grid.start) / grid.step) - window_start + 1
     z_all = zstore.open_root(lae_store)[lae_group][z_name].oindex[lae_rows]
-    pieces = reduce_blocks(client, _lae_block, _row_bounds(lae_rows.size, block_rows),
+    pieces = reduce_blocks(client, _lae_block, zstore.BlockPlan(lae_rows.size, block_rows).blocks,
                            args=(lae_store, lae_group, lae_rows, z_all, grid, variance_model, y, sky_vectors, mask,
                                  window_start, m, z_ref), combine=_concatenate, split_every=SPLIT_EVERY,
                            name="LAE prior: windows", progress=None)

@@ -60,9 +60,8 @@ def calibrate_noise(store: str | PathLike[str], *, group: str | None = None, nam
     source = root[spectra]
     nspectrum = int(source["flux"].shape[0])
     plan = zstore.BlockPlan(nspectrum, int(source.attrs["chunk_rows"]))  # cheap per row: whole chunks
-    bounds = [plan.bounds(b) for b in range(plan.nblocks)]
     run = Provenance("noise_histogram", "1", {"window": int(window)}, zstore.input_id(source))
-    counts = reduce_blocks(client or get_client(), _histogram_block, bounds, args=(store, spectra, int(window)),
+    counts = reduce_blocks(client or get_client(), _histogram_block, plan.blocks, args=(store, spectra, int(window)),
                            checkpoint=Checkpoint(store, f"checkpoints/{calibration_path(spectra, name)}", run.sha256 +
                                                  run.input_id),
                            name=f"noise calibration {spectra}", progress=progress)

@@ -179,7 +179,7 @@ def cross_validate_ranks(
             if on_fold is not None:
                 on_fold(f, result)
             held = np.flatnonzero(fold == f)
-            bounds = [(start, min(start + scan_rows, held.size)) for start in range(0, held.size, scan_rows)]
+            bounds = zstore.BlockPlan(held.size, scan_rows).blocks
             for rank in ranks:
                 token = hashlib.sha256(np.ascontiguousarray(result.rank_bases[rank - 1]).tobytes()).hexdigest()
                 basis = client.scatter(result.rank_bases[rank - 1], broadcast=True, hash=False)

@@ -218,7 +218,7 @@ def _run_blocks(client: Client, root: Any, store: str, spectra: str, results: st
                 params: dict[str, Any], plan: zstore.BlockPlan, max_in_flight: int | None, retries: int,
                 progress: bool | None, t0: float) -> RunReport:
     target = root[results]
-    bounds = [plan.bounds(b) for b in range(plan.nblocks)]
+    bounds = plan.blocks
     done = zstore.done_blocks(target)
     log.info("%s: %d blocks of %d spectra; %d already done", results, plan.nblocks, plan.block_rows,
              int(done.sum()))

@@ -214,7 +214,7 @@ def train_basis(
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         raise ValueError(f"{store}/{group}: no training spectra with a known {z_name}")
-    bounds = [(start, min(start + block_rows, rows.size)) for start in range(0, rows.size, block_rows)]
+    bounds = zstore.BlockPlan(rows.size, block_rows).blocks
     log.info("training rank %d on %d spectra of %s in %d blocks", rank, rows.size, group, len(bounds))
     # sorted by redshift, a block's rows share most of their rest window; W is kept in this order
     order = np.argsort(zstore.open_root(store)[group][z_name].oindex[rows], kind="stable")

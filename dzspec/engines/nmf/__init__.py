@@ -35,8 +35,7 @@ others nor the store layer).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from dzspec.reexport import lazy_reexports
 
 _EXPORTS = {
     "HAVE_NUMBA": "dzspec.engines.nmf.nnls",
@@ -130,11 +129,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_reexports(__name__, _EXPORTS)

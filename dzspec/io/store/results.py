@@ -67,6 +67,11 @@ class BlockPlan:
         start = block * self.block_rows
         return start, min(start + self.block_rows, self.nspectrum)
 
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` rows of every block, as the execution core's stages take them."""
+        return [self.bounds(block) for block in range(self.nblocks)]
+
     def as_dict(self) -> dict[str, int]:
         return {"nspectrum": self.nspectrum, "block_rows": self.block_rows, "nblocks": self.nblocks}
 
