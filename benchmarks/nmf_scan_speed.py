@@ -134,8 +134,9 @@ def main() -> None:
         h = synthetic_basis(args.k) if trained is None else trained.basis
         print("basis:", "synthetic" if trained is None else f"trained {args.basis}")
         t0 = time.perf_counter()
-        prepared = prepare_basis(h, n_obs)
-        print(f"prepare_basis: {time.perf_counter() - t0:.3f} s, FFT length {prepared.fft_len}")
+        prepared = prepare_basis(h, n_obs, lags=lags)
+        print(f"prepare_basis: {time.perf_counter() - t0:.3f} s, {prepared.fft_points / 1e6:.2f} M inverse-FFT points per"
+              f" spectrum ({len(prepared.segments)} row segments)")
         nuisance = nuisance_vectors(n_obs, args.nuisance_order)
         print(f"nuisance terms: {0 if nuisance is None else nuisance.shape[0]} (order {args.nuisance_order})")
         rng = np.random.default_rng(7)

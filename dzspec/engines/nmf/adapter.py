@@ -59,10 +59,16 @@ def cached_basis(path: str, name: str, sha256: str) -> Basis:
 
 
 @process_cache(maxsize=2)
-def cached_prepared(path: str, name: str, sha256: str, n_obs: int, support_floor: float) -> PreparedBasis:
-    """:func:`~dzspec.engines.nmf.grams.prepare_basis` of :func:`cached_basis` for ``n_obs`` pixels, once per
-    process."""
-    return prepare_basis(cached_basis(path, name, sha256).basis, n_obs, support_floor=support_floor)
+def cached_prepared(path: str, name: str, sha256: str, n_obs: int, support_floor: float,
+                    lags: tuple[int, int]) -> PreparedBasis:
+    """:func:`~dzspec.engines.nmf.grams.prepare_basis` of :func:`cached_basis` for ``n_obs`` pixels and the lags
+    ``[lags[0], lags[1])`` of a trial grid, once per process."""
+    return prepare_basis(cached_basis(path, name, sha256).basis, n_obs, lags=lags, support_floor=support_floor)
+
+
+def _trial_lags(j0: int, shifts: np.ndarray) -> tuple[int, int]:
+    """The lags ``[lo, hi)`` that a scan over ``shifts`` (and its refinement between them) reads."""
+    return int(j0 - shifts.max()), int(j0 - shifts.min() + 1)
 
 
 @process_cache(maxsize=2)
@@ -93,10 +99,10 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
     sky = sky_continuum_on(wavelength, basis_store, basis_name, sky_sha256)
     ivar = calibrated_ivar(ivar, noise_store=noise_store, noise_group=noise_group, noise_name=noise_name,
                            noise_sha256=noise_sha256)
-    _, n_obs = observed_window(wavelength, basis.grid)
-    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
-    z_trials = trial_redshifts(z_min, z_max, dz)
-    out = nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=basis.grid.shift_of(z_trials),
+    j0, n_obs = observed_window(wavelength, basis.grid)
+    shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
+    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, _trial_lags(j0, shifts))
+    out = nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=shifts,
                     weighting=weighting, n_candidates=n_candidates, refine=refine, store_chi2=store_chi2,
                     chi2_decimate=chi2_decimate, nuisance_order=nuisance_order, sky_continuum=sky,
                     zerr_scale=zerr_scale, zerr_floor=zerr_floor, zerr_z_edges=zerr_z_edges)
@@ -277,13 +283,13 @@ def _blend_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, tar
                  absorption_sigma_kms: float, absorption_offsets_kms: list[float],
                  spectra_store: str) -> dict[str, np.ndarray]:
     basis = cached_basis(basis_store, basis_name, basis_sha256)
-    _, n_obs = observed_window(wavelength, basis.grid)
-    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor)
+    j0, n_obs = observed_window(wavelength, basis.grid)
+    shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
+    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, _trial_lags(j0, shifts))
     known, z_sorted = cached_first_redshifts(spectra_store, zfind_results, z_column, zfind_sha256)
     where = np.clip(np.searchsorted(known, targetid), 0, known.size - 1)
     if not np.array_equal(known[where], targetid):
         raise ValueError(f"targetids of this block are missing from {zfind_results}")
-    shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
     return detect_blends(wavelength, flux, ivar, z_sorted[where], prepared=prepared, grid=basis.grid, shifts=shifts,
                          t_blend=t_blend, tolerance=tolerance, exclusion_steps=exclusion_steps, n_minima=n_minima,
                          continuum_degree=continuum_degree, sigma_grid_kms=tuple(sigma_grid_kms),

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - pure-Python fallback, correct but slow
         return lambda f: f
 
 
-__all__ = ["HAVE_NUMBA", "PIVOT_REL", "nnls_gram", "nnls_gram_batch", "scan_nnls"]
+__all__ = ["HAVE_NUMBA", "PIVOT_REL", "nnls_gram", "nnls_gram_batch", "scan_nnls", "scan_nnls_schur"]
 
 #: Pivot below this fraction of the diagonal = linearly dependent variable (dropped).
 PIVOT_REL = 1e-13
@@ -263,4 +263,75 @@ def scan_nnls(gs, bs, gc, bc, c, pa, pb, tol_rel, omega, chi2):  # pragma: no co
                     s += Gc[a, d] * x[d]
                 q += x[a] * s
         chi2[i] = max(q, 0.0)  # chi2 >= 0; only round-off of an exact fit can go below
+
+
+
+@njit(cache=True)
+def scan_nnls_schur(gp, b3, c, t, u, pa, pb, diag, schur_rel, tol_rel, omega, chi2, beta):  # pragma: no cover
+    """:func:`scan_nnls` with free-sign nuisance terms eliminated per shift by their Schur complement (METHODS §5.7).
+
+    ``b3[i, :, 0]`` is ``b`` and ``b3[i, :, 1 + j]`` the cross-Gram with nuisance vector ``j``; ``diag[p]`` is the
+    position of pair ``(p, p)`` in the packed ``gp``; ``t`` (m', m) and
+    ``u`` (m',) come from ``G_PP^-1 = T^T T`` and ``u = T b_P``. Per shift: ``A = G_HP T^T``, ``G' = G - A A^T``,
+    ``b' = b - A u``, ``c' = c - u^T u``; a row with ``G'_aa <= schur_rel G_aa`` (the nuisance terms reproduce it on
+    the window) is left out; the nuisance coefficients ``beta = T^T (u - A^T omega)`` go to ``beta``.
+    """
+    n, k = b3.shape[0], b3.shape[1]
+    mr, m = t.shape
+    npair = pa.shape[0]
+    G = np.zeros((k, k))
+    bred = np.zeros(k)
+    a = np.zeros((k, mr))
+    drop = np.zeros(k, dtype=np.bool_)
+    passive = np.ones(k, dtype=np.bool_)
+    z, lam, x = np.zeros(k), np.zeros(k), np.zeros(k)
+    chol = np.zeros((k, k))
+    idx = np.zeros(k, dtype=np.int64)
+    excluded, tried = np.zeros(k, dtype=np.bool_), np.zeros(k, dtype=np.bool_)
+    cred = c
+    for q in range(mr):
+        cred -= u[q] * u[q]
+    for i in range(n):
+        for p in range(k):
+            s = b3[i, p, 0]
+            for q in range(mr):
+                v = 0.0
+                for j in range(m):
+                    v += b3[i, p, 1 + j] * t[q, j]
+                a[p, q] = v
+                s -= v * u[q]
+            bred[p] = s
+        for e in range(npair):
+            v = gp[i, e]
+            for q in range(mr):
+                v -= a[pa[e], q] * a[pb[e], q]
+            G[pa[e], pb[e]] = v
+            G[pb[e], pa[e]] = v
+        for p in range(k):
+            drop[p] = G[p, p] <= schur_rel * gp[i, diag[p]]
+        for p in range(k):
+            if drop[p]:
+                bred[p] = 0.0
+                for r in range(k):
+                    G[p, r] = 0.0
+                    G[r, p] = 0.0
+        _nnls_core(G, bred, tol_rel, passive, x, z, chol, idx, excluded, tried, lam)
+        qv = cred
+        for p in range(k):
+            omega[i, p] = x[p]
+            if x[p] != 0.0:
+                qv -= 2.0 * x[p] * bred[p]
+                s = 0.0
+                for r in range(k):
+                    s += G[p, r] * x[r]
+                qv += x[p] * s
+        chi2[i] = max(qv, 0.0)
+        for j in range(m):
+            v = 0.0
+            for q in range(mr):
+                r = u[q]
+                for p in range(k):
+                    r -= a[p, q] * x[p]
+                v += t[q, j] * r
+            beta[i, j] = v
 

@@ -26,7 +26,7 @@ from dzspec.engines.nmf.grams import (
     zero_bad_pixels,
 )
 from dzspec.engines.nmf.metrics import chi2_metrics, delta_chi2
-from dzspec.engines.nmf.nnls import PIVOT_REL, scan_nnls
+from dzspec.engines.nmf.nnls import PIVOT_REL, scan_nnls, scan_nnls_schur
 from dzspec.engines.nmf.refine import refined_minimum, refinement_shifts
 from dzspec.kernels.trials import trial_redshifts
 
@@ -88,33 +88,17 @@ def nuisance_vectors(n_obs: int, order: int) -> np.ndarray | None:
     return np.polynomial.legendre.legvander(x, int(order)).T.copy()
 
 
-def _schur(gp: np.ndarray, b: np.ndarray, c: float, f: np.ndarray, w: np.ndarray, nuisance: np.ndarray,
-           pa: np.ndarray, pb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray,
-                                                     np.ndarray]:
-    """Eliminate the free-sign nuisance coefficients from the normal equations (METHODS §5.7).
-
-    With ``G_PP^-1 = T^T T`` (``T`` from an eigendecomposition, so a rank-deficient ``G_PP`` keeps its range), the
-    reduced problem is ``G' = G_HH - A A^T``, ``b' = b_H - A u``, ``c' = c - u^T u`` with ``A = G_HP T^T`` and
-    ``u = T b_P``; the nuisance coefficients are ``beta = T^T (u - A^T omega)``. Returns the packed ``G'``, ``b'``,
-    ``c'``, ``T``, ``A`` and ``u``. A basis row that the nuisance terms reproduce on the window to within
-    :data:`_SCHUR_REL` of its own norm is dropped there (its reduced Gram is round-off).
-    """
+def _nuisance_whitening(f: np.ndarray, w: np.ndarray, nuisance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``T`` (m', m) with ``G_PP^-1 = T^T T`` and ``u = T b_P`` for the Schur elimination of the nuisance terms
+    (METHODS §5.7; :func:`~dzspec.engines.nmf.nnls.scan_nnls_schur`). ``T`` comes from an eigendecomposition, so a
+    rank-deficient ``G_PP`` keeps its range. A basis row that the nuisance terms reproduce on the window to within
+    :data:`_SCHUR_REL` of its own norm is dropped there (its reduced Gram is round-off)."""
     g_pp = (nuisance * w) @ nuisance.T
     b_p = nuisance @ (w * f)
     values, vectors = np.linalg.eigh(g_pp)
     keep = values > PIVOT_REL * max(float(values[-1]), 0.0)
-    t = (vectors[:, keep] / np.sqrt(values[keep])).T  # (m', m)
-    a = b[:, :, 1:] @ t.T  # (nlag, k, m')
-    u = t @ b_p
-    g_red = gp - np.einsum("lpt,lpt->lp", a[:, pa], a[:, pb])
-    b_red = b[:, :, 0] - a @ u
-    diag = np.flatnonzero(pa == pb)
-    degenerate = g_red[:, diag] <= _SCHUR_REL * gp[:, diag]  # (nlag, k)
-    if degenerate.any():
-        rows = degenerate[:, pa] | degenerate[:, pb]
-        g_red[rows] = 0.0
-        b_red[degenerate] = 0.0
-    return g_red, np.ascontiguousarray(b_red), c - float(u @ u), t, a, u
+    t = np.ascontiguousarray((vectors[:, keep] / np.sqrt(values[keep])).T)  # (m', m)
+    return t, t @ b_p
 
 
 def scan_chi2(
@@ -136,7 +120,8 @@ def scan_chi2(
     is still the weighted ``c - 2 w^T b + w^T G w``.
 
     ``nuisance`` (m, n_obs) adds free-sign observed-frame vectors beside the non-negative basis at every lag
-    (:func:`nuisance_vectors`; weighted only), eliminated by their Schur complement (:func:`_schur`) so the NNLS is
+    (:func:`nuisance_vectors`; weighted only), eliminated by their Schur complement
+    (:func:`~dzspec.engines.nmf.nnls.scan_nnls_schur`) so the NNLS is
     unchanged; with ``return_nuisance`` their coefficients (nlag, m) come third. ``correlations`` must then be
     :func:`~dzspec.engines.nmf.grams.fft_correlations`'s output with the same ``nuisance``.
 
@@ -162,27 +147,25 @@ def scan_chi2(
             raise ValueError(f"nuisance vectors have {nuisance.shape[1]} pixels, the spectrum {f.shape[0]}")
     corr = fft_correlations(prepared, f, w, nuisance) if correlations is None else correlations
     gp, b3, c = grams_at_lags(prepared, corr, f, w, lags, nuisance)
+    n = gp.shape[0]
+    omega = np.zeros((n, prepared.k))
+    chi2 = np.zeros(n)
     if nuisance is not None:
-        gp, b, c, t, a, u = _schur(gp, b3, c, f, w, nuisance, prepared.pair_a, prepared.pair_b)
-    else:
-        b = np.ascontiguousarray(b3[:, :, 0])
+        t, u = _nuisance_whitening(f, w, nuisance)
+        beta = np.zeros((n, nuisance.shape[0]))
+        scan_nnls_schur(gp, b3, c, t, u, prepared.pair_a, prepared.pair_b, np.diagonal(prepared.pair_index).copy(),
+                        _SCHUR_REL, float(tol_rel), omega, chi2, beta)
+        return (chi2, omega, beta) if return_nuisance else (chi2, omega)
+    b = np.ascontiguousarray(b3[:, :, 0])
     if weighting == "weighted":
         gs, bs = gp, b
     elif weighting == "unweighted":
         gs = unweighted_window_gram(prepared, lags) if unweighted_gram is None else unweighted_gram
-        bs = unweighted_projections(prepared, f, lags, gs)
+        bs = unweighted_projections(prepared, f, lags)
     else:
         raise ValueError(f"unknown weighting {weighting!r}")
-    n = b.shape[0]
-    omega = np.zeros((n, prepared.k))
-    chi2 = np.zeros(n)
     scan_nnls(gs, bs, gp, b, c, prepared.pair_a, prepared.pair_b, float(tol_rel), omega, chi2)
-    if not return_nuisance:
-        return chi2, omega
-    if nuisance is None:
-        return chi2, omega, np.zeros((n, 0))
-    beta = (u[None, :] - np.einsum("lkt,lk->lt", a, omega)) @ t  # (nlag, m)
-    return chi2, omega, beta
+    return (chi2, omega, np.zeros((n, 0))) if return_nuisance else (chi2, omega)
 
 
 

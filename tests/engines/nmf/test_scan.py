@@ -158,7 +158,7 @@ def test_fft_gram_and_projections_equal_direct_sums(problem):
         bd = win @ (w * fc)
         # FFT round-off is global: 1e-12 relative to each entry's Cauchy-Schwarz bound over all lags (a narrow
         # overlap at the edge has a small G but the same absolute error; b is a signed sum where noise cancels)
-        bound = prepared.hh_norm * np.linalg.norm(w)
+        bound = prepared.blocks[0].hh_norm * np.linalg.norm(w)
         assert np.all(np.abs(gp[i] - G[prepared.pair_a, prepared.pair_b]) <= 1e-12 * bound)
         # and 1e-12 relative to G's largest entry wherever the overlap is substantial
         if G[0, 0] > 0.1 * np.sum(w):
@@ -288,10 +288,30 @@ def test_weakly_supported_component_is_exact():
     assert np.max(ref_omega[:, 1]) > 1.0  # the tail is used
 
 
+def _count_fallbacks(monkeypatch) -> tuple[list[int], list[int]]:
+    """Record the per-spectrum weak-row fallback's calls and the lags summed directly (any path)."""
+    import dzspec.engines.nmf.grams as grams
+
+    fallback, summed = [], []
+    refine, direct = grams._refine_row, grams._direct_row
+
+    def refining(*args):
+        fallback.append(args[4].size)
+        return refine(*args)
+
+    def summing(*args):
+        summed.append(args[4].size)
+        return direct(*args)
+
+    monkeypatch.setattr(grams, "_refine_row", refining)
+    monkeypatch.setattr(grams, "_direct_row", summing)
+    return fallback, summed
+
+
 @pytest.mark.parametrize("spike", [1e4, 1e8])
-def test_spikes_at_poorly_covered_pixels_are_exact_and_cheap(spike):
+def test_spikes_at_poorly_covered_pixels_are_exact_and_cheap(spike, monkeypatch):
     """Trained bases grow spikes of 1e6-1e8 x their level where few training spectra reach (the grid's blue edge).
-    They are summed directly, so the FFT part stays accurate at every lag and no row needs the slow fallback."""
+    They are summed directly, so the FFTs stay accurate at every lag and spectra rarely need the weak-row fallback."""
     h = _basis()
     h[0, 40:43] *= spike  # a row's spike at the edge, and one inside the lines
     h[1, 1902] *= spike
@@ -299,57 +319,61 @@ def test_spikes_at_poorly_covered_pixels_are_exact_and_cheap(spike):
     assert set(prepared.spike_pixels.tolist()) == {40, 41, 42, 1902}
     shifts = np.arange(0, 2000, 3)
     f, w = _spectrum(h / np.array([spike, 1, 1, 1])[:, None], 900, seed=9)
+    fallback, _ = _count_fallbacks(monkeypatch)
     chi2, _ = scan_chi2(prepared, f, w, J0 - shifts)
     ref, _ = reference_scan(h, f, w, J0 - shifts)
     np.testing.assert_allclose(chi2, ref, rtol=1e-9)
     assert np.argmin(chi2) == np.argmin(ref)
-    # the FFT part alone (spike pixels added directly) is accurate at every lag: no lag needs the slow fallback
+    # the per-spectrum fallback only sums the few lags where the masked stretch hides a row's lines
+    assert sum(fallback) < 0.1 * shifts.size and max(fallback, default=0) <= 24
+    # the Grams themselves equal direct sums wherever a row meets the window
+    gp, _, _ = gram_projections(prepared, f, w, J0 - shifts)
     w0 = np.where(np.isfinite(f), w, 0.0)
     lags = J0 - shifts
-    fft_part = scipy.fft.irfft(prepared.fft_hh * np.conj(scipy.fft.rfft(w0, n=prepared.fft_len)), n=prepared.fft_len)
-    diag = np.diagonal(prepared.pair_index)
-    approx = fft_part[diag][:, np.mod(lags, prepared.fft_len)].T
-    for p in prepared.spike_pixels:
-        j = p - lags
-        inside = (j >= 0) & (j < N_OBS)
-        approx[inside] += w0[j[inside], None] * h[:, p] ** 2
     padded = np.zeros((4, N_REST + 2 * N_OBS))
     padded[:, N_OBS : N_OBS + N_REST] = h
     wins = np.lib.stride_tricks.sliding_window_view(padded, N_OBS, axis=1)[:, N_OBS + lags]
     direct = np.einsum("asj,j,asj->sa", wins, w0, wins)
-    clipped = np.minimum(wins, 10.0)
-    level = np.einsum("asj,j,asj->sa", clipped, w0, clipped)  # the same sums with the spikes clipped
-    supported = level > 1e-3 * level.max(axis=0)
+    approx = gp[:, np.diagonal(prepared.pair_index)]
+    supported = direct > 0
     np.testing.assert_allclose(approx[supported], direct[supported], rtol=1e-9)
+    assert np.all(approx[~supported] == 0.0)
 
 
-def test_bright_region_rows_are_exact_through_restricted_ffts(monkeypatch):
+def test_bright_region_rows_are_exact_through_a_segment_plan(monkeypatch):
     """A row 1e8 times brighter over 300 pixels (too many to be spikes) than on its floor elsewhere: where the window
-    misses the bright part, the global FFT Gram is noise; restricted FFTs recover it, nearly without direct sums."""
-    import dzspec.engines.nmf.grams as grams
-
+    misses the bright part, the global FFT Gram is noise; the basis's segment plan computes that row from FFTs over
+    the pixels each range of lags covers, nearly without direct sums and without the per-spectrum fallback."""
     h = _basis()
     h[2] += 1.0
     h[2, 100:400] += 1e8
     prepared = prepare_basis(h, N_OBS)
     assert prepared.spike_pixels.size == 64  # the cap: most of the bright region stays in the FFTs
-    summed = []
-    direct = grams._direct_row
-
-    def counting(*args):
-        summed.append(args[4].size)
-        return direct(*args)
-
-    monkeypatch.setattr(grams, "_direct_row", counting)
+    assert 2 in {segment.row for segment in prepared.segments} and 2 not in prepared.blocks[0].rows
+    fallback, summed = _count_fallbacks(monkeypatch)
     shifts = np.arange(0, 2400, 2)
     f, w = _spectrum(h, 300, seed=4, omega=(0.3, 1.0, 1e-8, 0.7))
     chi2, _ = scan_chi2(prepared, f, w, J0 - shifts)
     ref, _ = reference_scan(h, f, w, J0 - shifts)
     np.testing.assert_allclose(chi2, ref, rtol=1e-9)
     assert sum(summed) < 0.1 * shifts.size  # only lags whose window edge touches the bright part
-    assert len(prepared.restricted_cache) > 0
-    again, _ = scan_chi2(prepared, f, w, J0 - shifts)  # from the cached forward FFTs
+    assert sum(fallback) < 0.1 * shifts.size and max(fallback, default=0) <= 2 * 24  # masked-stretch lags only
+    again, _ = scan_chi2(prepared, f, w, J0 - shifts)
     np.testing.assert_array_equal(again, chi2)
+
+
+def test_prepared_lag_range_is_enforced_and_exact():
+    """A basis prepared for the trial lags only (shorter FFTs) gives the Grams of the full preparation, and refuses
+    lags outside its range with an error that says so."""
+    h = _basis()
+    lags = J0 - np.arange(300, 1500, 3)
+    full, part = prepare_basis(h, N_OBS), prepare_basis(h, N_OBS, lags=lags)
+    assert part.fft_points < full.fft_points
+    f, w = _spectrum(h, 900, seed=2)
+    for got, want in zip(gram_projections(part, f, w, lags), gram_projections(full, f, w, lags), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.max(np.abs(want)))
+    with pytest.raises(ValueError, match="outside the prepared lags"):
+        gram_projections(part, f, w, np.array([lags.max() + 1]))
 
 
 def test_robustness_is_stable_against_rounding_on_a_plateau_at_q1():
