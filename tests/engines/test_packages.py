@@ -7,8 +7,8 @@ import pytest
 PACKAGES = {
     "dzspec.engines.nmf": ["adapter", "blends", "confidence", "grams", "metrics", "model_spectra", "nnls", "params",
                            "refine", "scan", "train", "zerr", "zfind", "zspikes"],
-    "dzspec.engines.madgics": ["adapter", "exposure_convergence", "injection", "interlopers", "params", "priors",
-                               "scan"],
+    "dzspec.engines.madgics": ["adapter", "compiled", "exposure_convergence", "injection", "interlopers", "params",
+                               "priors", "scan"],
 }
 
 

@@ -1,7 +1,7 @@
 """The MADGICS engine (U25, METHODS §2 and §5.4): Lyman-alpha emitter redshifts from a component separation of each
 spectrum into sky, LAE line and residual with data-driven Gaussian priors, and what is built on the scan.
 
-Every module but :mod:`~dzspec.engines.madgics.adapter` is a pure kernel on in-memory arrays (NumPy, SciPy); the
+Every module but :mod:`~dzspec.engines.madgics.adapter` is a pure kernel on in-memory arrays (NumPy, SciPy, numba); the
 adapter loads priors through :mod:`dzspec.io` and is what the block runner and the in-process API call. The public
 names of every module are re-exported here, imported on first use (so importing one kernel module loads neither the
 others nor the store layer).
@@ -14,6 +14,8 @@ others nor the store layer).
   companion lines) and the trust cut :func:`select_lae`.
 * :mod:`~dzspec.engines.madgics.injection`: injection-recovery and the calibration of the scan's significance.
 * :mod:`~dzspec.engines.madgics.exposure_convergence`: how redshifts converge with exposure time (U25 Fig. 9).
+* :mod:`~dzspec.engines.madgics.compiled`: the compiled inner loops (numba): the per-shift solve of the scan and the
+  resampling onto the LAE grid.
 * :mod:`~dzspec.engines.madgics.params`: the scan's parameters (:class:`LaeScanParams`), the one source of their
   defaults and help for the kernel, ``dzspec lae`` and the pipeline.
 * :mod:`~dzspec.engines.madgics.adapter`: the block kernel as the runner sees it (:data:`LAE_SCAN`), its parameters
@@ -73,6 +75,11 @@ _EXPORTS = {
     "subset_counts": "dzspec.engines.madgics.exposure_convergence",
     "subset_draws": "dzspec.engines.madgics.exposure_convergence",
     "target_convergence": "dzspec.engines.madgics.exposure_convergence",
+    "HAVE_NUMBA": "dzspec.engines.madgics.compiled",
+    "add_sky_terms": "dzspec.engines.madgics.compiled",
+    "resample_rows": "dzspec.engines.madgics.compiled",
+    "shift_dchi2": "dzspec.engines.madgics.compiled",
+    "solve_shifts": "dzspec.engines.madgics.compiled",
     "LAE_SCAN": "dzspec.engines.madgics.adapter",
     "cached_prior": "dzspec.engines.madgics.adapter",
     "lae_params": "dzspec.engines.madgics.adapter",

@@ -77,13 +77,19 @@ def clipped_continuum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray
     >>> float(level[0]), round(float(error[0]), 4)
     (2.0, 0.0177)
     """
-    inside = ((wavelength >= np.asarray(lo)[:, None]) & (wavelength <= np.asarray(hi)[:, None])
-              & (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar))
+    # each row's window only (a sixth of a DESI spectrum), gathered side by side: the work of the clipping and of
+    # the median does not grow with the whole grid
+    start = np.searchsorted(wavelength, np.asarray(lo, dtype=float), side="left")
+    width = np.searchsorted(wavelength, np.asarray(hi, dtype=float), side="right") - start
+    columns = np.arange(max(int(width.max(initial=0)), 1))
+    index = np.minimum(start[:, None] + columns, wavelength.size - 1)
+    f, w = np.take_along_axis(flux, index, axis=1), np.take_along_axis(ivar, index, axis=1)
+    inside = (columns < width[:, None]) & (w > 0) & np.isfinite(f) & np.isfinite(w)
     level, error = np.full(flux.shape[0], np.nan), np.full(flux.shape[0], np.nan)
     rows = np.flatnonzero(inside.any(axis=1))
     if rows.size == 0:
         return level, error
-    f, w, inside = flux[rows], np.where(inside[rows], ivar[rows], 0.0), inside[rows]
+    f, w, inside = f[rows], np.where(inside[rows], w[rows], 0.0), inside[rows]
     median = np.nanmedian(np.where(inside, f, np.nan), axis=1)
     keep = inside & (np.abs(f - median[:, None]) * np.sqrt(w) < clip)
     w = np.where(keep, w, 0.0)
@@ -132,8 +138,9 @@ def line_amplitudes(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, 
     f = np.where(w > 0, f, 0.0)
     # columns: unit-flux Gaussian (per Å), continuum level, continuum slope
     design = np.stack([np.exp(-0.5 * x**2) / (np.sqrt(2 * np.pi) * sigmas[rows, None]), np.ones_like(x), x], axis=-1)
-    normal = np.einsum("rpa,rp,rpb->rab", design, w, design)
-    rhs = np.einsum("rpa,rp,rp->ra", design, w, f)
+    weighted = design * w[:, :, None]
+    normal = np.matmul(weighted.transpose(0, 2, 1), design)  # batched: 3 x 3 per spectrum
+    rhs = np.matmul(weighted.transpose(0, 2, 1), f[:, :, None])[:, :, 0]
     used = (w > 0).sum(axis=1)
     solvable = (used >= 6) & (np.linalg.det(normal) > 0)
     normal[~solvable] = np.eye(3)

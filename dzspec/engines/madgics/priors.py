@@ -24,6 +24,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
+from dzspec.engines.madgics.compiled import resample_rows
 from dzspec.engines.madgics.scan import LAE_GRID_DELTA, LAE_GRID_START, madgics_rescale_y
 from dzspec.kernels.restframe import LogGrid, linear_weights, measured_pixels
 
@@ -82,30 +83,31 @@ def to_lae_grid(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, grid
     if variance_model not in ("conserve", "propagate"):
         raise ValueError(f"variance_model must be 'conserve' or 'propagate', not {variance_model!r}")
     wavelength = np.asarray(wavelength, dtype=np.float64)
-    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
-    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    flux, ivar = _float_rows(flux), _float_rows(ivar)
     left, right, t, inside = linear_weights(np.log10(wavelength), grid.loglam())
     good = measured_pixels(flux, ivar)  # the one rule: ivar > 0, finite, not a run of exact zeros
-    usable = inside & good[:, left] & good[:, right]
-    with np.errstate(divide="ignore"):
-        variance = np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0)
-    clean = np.where(good, flux, 0.0)
-    out_flux = np.where(usable, (1 - t) * clean[:, left] + t * clean[:, right], 0.0)
     if variance_model == "propagate":
-        out_var = (1 - t) ** 2 * variance[:, left] + t**2 * variance[:, right]
+        factor = np.ones(0)
     else:
         # information kept: a log pixel narrower than the native one shares it with its neighbours, so it carries
         # only its width's share of the native inverse variance (no variance dip between native pixels either)
         native_width = np.diff(wavelength)[np.clip(left, 0, wavelength.size - 2)]
         log_width = grid.wavelength() * (10**grid.step - 1)
-        out_var = ((1 - t) * variance[:, left] + t * variance[:, right]) / np.minimum(1.0, log_width / native_width)
-    with np.errstate(divide="ignore"):
-        out_ivar = np.where(usable & (out_var > 0), 1.0 / np.where(out_var > 0, out_var, 1.0), 0.0)
-    if y is not None:
-        scale = 10.0**y
-        out_flux /= np.sqrt(scale)
-        out_ivar *= scale
+        factor = np.minimum(1.0, log_width / native_width)
+    scale = np.ones(0) if y is None else 10.0 ** np.asarray(y, dtype=np.float64)
+    out_flux, out_ivar = np.empty((flux.shape[0], grid.size)), np.empty((flux.shape[0], grid.size))
+    # per pixel: flux (1 - t) f_left + t f_right where both neighbours are measured, variance interpolated (or
+    # propagated) and divided by the factor, ivar its inverse; then the rescaling (compiled.resample_rows)
+    resample_rows(flux, ivar, good, left, right, t, inside, factor, variance_model == "propagate", np.sqrt(scale),
+                  scale, out_flux, out_ivar)
     return out_flux, out_ivar
+
+
+def _float_rows(array: np.ndarray) -> np.ndarray:
+    """2-D C-contiguous float32 or float64 as given (other types as float: float32 blocks as read from a store are
+    not copied to float64, the compiled loop widens each value exactly as that copy would)."""
+    array = np.atleast_2d(np.asarray(array))
+    return np.ascontiguousarray(array, dtype=np.result_type(array.dtype, np.float32))
 
 
 @dataclass(frozen=True)

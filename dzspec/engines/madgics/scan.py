@@ -17,6 +17,13 @@ is applied to that series once (``L⁻¹ (W V_sky)ᵀ``) and its correlation wit
 rows the shifted windows touch enter, an FFT of ``nshift + m - 1`` points (about half the grid for U25's scan) for
 k_sky + 2 forward and k_sky k + k(k+1)/2 + k inverse transforms per spectrum.
 
+What does not need a spectrum of its own is done for the block: ``K`` of every spectrum is one matrix product of
+the weights with the per-pixel products of pairs of sky vectors (cached on the prior), ``V_skyᵀ W d`` another; per
+spectrum, ``L⁻¹`` is formed explicitly (50 x 50) so that the whitening is a matrix product, the sky vectors go
+through the FFTs a few at a time (their spectra and correlations stay in cache), and the sums over them and the
+per-shift Schur solves run compiled (:mod:`dzspec.engines.madgics.compiled`). The results equal the per-spectrum
+formulation to round-off (1e-14 of the largest |dchi2| on the shipped prior; ``benchmarks/lae_scan_speed.py``).
+
 :func:`reference_lae_scan` is the straightforward per-shift, full-length evaluation (the (k+50)-column Woodbury
 system solved afresh at every shift) the fast scan is checked against.
 
@@ -28,13 +35,16 @@ reference redshift ``z_ref`` (U25: 2.45, Lya at 4194 Å); shift ``p`` (in pixels
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
 import scipy.linalg
+import scipy.linalg.lapack
 from scipy.interpolate import make_interp_spline
 
+from dzspec.engines.madgics.compiled import add_sky_terms, shift_dchi2, solve_shifts
 from dzspec.kernels.trials import local_minima
 from dzspec.results_schema import LAEWarn
 
@@ -163,6 +173,47 @@ class LAEPrior:
             self._cache[key] = (stack.reshape(stack.shape[0], -1), whole)
         return self._cache[key]
 
+    def fine_tables(self, fine_steps: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`fine_stack` with its columns ordered ``(vector, step)``, ``(rows, k (2 fine_steps + 1))``; the
+        products of each pair of vectors (:meth:`window_ffts`' pairs) at each step, ``(rows, pairs (2 fine_steps +
+        1))``, whose weighted column sums are the fine scan's ``E``; and ``whole``."""
+        key = ("fine_tables", fine_steps)
+        if key not in self._cache:
+            stack, whole = self.fine_stack(fine_steps)
+            k = self.lae_vectors.shape[1]
+            by_step = stack.reshape(stack.shape[0], -1, k)
+            pairs = np.triu_indices(k)
+            self._cache[key] = (np.ascontiguousarray(by_step.transpose(0, 2, 1)).reshape(stack.shape[0], -1),
+                                np.ascontiguousarray((by_step[:, :, pairs[0]] * by_step[:, :, pairs[1]]
+                                                      ).transpose(0, 2, 1)).reshape(stack.shape[0], -1), whole)
+        return self._cache[key]
+
+    def padded_sky(self, before: int, after: int) -> np.ndarray:
+        """``V_skyᵀ`` (k_sky, before + n + after) with zero columns before and after the grid: the segment of a scan
+        whose windows hang off the grid (U25's from z = 2 start 15 pixels before 3600 Å) is then a view."""
+        key = ("padded_sky", before, after)
+        if key not in self._cache:
+            padded = np.zeros((self.sky_vectors.shape[1], before + self.n_pixels + after))
+            padded[:, before: before + self.n_pixels] = self.sky_vectors.T
+            self._cache[key] = padded
+        return self._cache[key]
+
+    def sky_products(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """``V_skyᵀ`` (k_sky, n), contiguous; the pixels where a sky vector is non-zero (outside the sky-line mask)
+        and there the products of every pair of sky vectors ``(i >= j)``, ``(pixels, k_sky (k_sky + 1) / 2)``, so
+        that ``V_skyᵀ W V_sky`` of a block of spectra is one matrix product with their weights; and the pairs."""
+        key = ("sky_products",)
+        if key not in self._cache:
+            v = self.sky_vectors
+            rows = np.flatnonzero(np.any(v != 0, axis=1))
+            pairs = np.tril_indices(v.shape[1])
+            inside = np.asfortranarray(v[rows])
+            products = np.empty((rows.size, pairs[0].size), order="F")  # column by column: contiguous writes
+            for column, (i, j) in enumerate(zip(*pairs, strict=True)):
+                np.multiply(inside[:, i], inside[:, j], out=products[:, column])
+            self._cache[key] = (np.ascontiguousarray(v.T), rows, products, pairs)
+        return self._cache[key]
+
 
 _PAD = 3  # window rows added each side of the sub-pixel phases (the cubic moves support by < 1 px + kernel tails)
 
@@ -201,69 +252,120 @@ class _Segment:
     """One spectrum's series on the grid rows ``first, first + 1, ...`` the scan can touch (zero off the grid)."""
 
     first: int
-    whitened: np.ndarray  #: (k_sky, rows) L⁻¹ (W V_sky)ᵀ: correlated with the window it gives Q = L⁻¹ C directly
+    sky: np.ndarray  #: (k_sky, rows) V_skyᵀ
+    inverse: np.ndarray  #: L⁻¹ (lower triangular): L⁻¹ (W V_sky)ᵀ correlated with the window gives Q = L⁻¹ C
     weight: np.ndarray
     weighted_data: np.ndarray
 
+    def whitened(self, sky: slice, rows: slice) -> np.ndarray:
+        """Rows ``sky`` of ``L⁻¹ (W V_sky)ᵀ = (L⁻¹ V_skyᵀ) W`` on ``rows``; row ``i`` needs only the first ``i + 1``
+        sky vectors."""
+        stop = min(sky.stop, self.inverse.shape[0])
+        return (self.inverse[sky, :stop] @ self.sky[:stop, rows]) * self.weight[rows]
 
-def _segment(prior: LAEPrior, weight: np.ndarray, data: np.ndarray, chol: np.ndarray, first: int, last: int
-             ) -> _Segment:
+
+def _segment(prior: LAEPrior, weight: np.ndarray, weighted_data: np.ndarray, inverse: np.ndarray, first: int,
+             last: int) -> _Segment:
+    """The series of rows ``first:last``; ``inverse`` is ``L⁻¹``, explicit: the whitening is then matrix products,
+    faster than the triangular solve they replace and as accurate for the well-conditioned ``K >= I``, made a few
+    sky vectors at a time where they are used (:meth:`_Segment.whitened`)."""
     lo, hi = max(first, 0), min(last, prior.n_pixels)
-    whitened = np.zeros((prior.sky_vectors.shape[1], last - first))
+    before = lo - first  # columns off the grid at the start (grid pixel p is padded column p + before)
+    sky = prior.padded_sky(before, last - hi)[:, first + before: last + before]
+    if lo == first and hi == last:
+        return _Segment(first, sky, inverse, weight[lo:hi], weighted_data[lo:hi])
     w, wd = np.zeros(last - first), np.zeros(last - first)
     if hi > lo:
         inside = slice(lo - first, hi - first)
-        whitened[:, inside] = scipy.linalg.solve_triangular(
-            chol, (prior.sky_vectors[lo:hi] * weight[lo:hi, None]).T, lower=True)
-        w[inside], wd[inside] = weight[lo:hi], weight[lo:hi] * data[lo:hi]
-    return _Segment(first, whitened, w, wd)
+        w[inside], wd[inside] = weight[lo:hi], weighted_data[lo:hi]
+    return _Segment(first, sky, inverse, w, wd)
 
 
-def _delta_chi2(a: np.ndarray, q: np.ndarray, e: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """dchi2 and alpha at many shifts from ``Q = L⁻¹ C`` (k_sky, k, s), ``E`` (s, k, k) and ``g`` (s, k)."""
-    k = e.shape[1]
-    s = e - np.einsum("mas,mbs->sab", q, q)
-    s[:, np.arange(k), np.arange(k)] += 1.0
-    r = g - np.einsum("mas,m->sa", q, a)
-    alpha = np.linalg.solve(s, r[:, :, None])[:, :, 0]
-    return -np.einsum("sa,sa->s", r, alpha), alpha
-
-
-def _coarse_scan(prior: LAEPrior, segment: _Segment, a: np.ndarray, shifts: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _coarse_scan(prior: LAEPrior, segment: _Segment, a: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """dchi2 at consecutive integer shifts by FFT cross-correlations (METHODS §5.4) over only the rows the shifted
-    windows cover: an FFT of ``len(shifts) + m - 1`` points, about half the grid for U25's scan."""
+    windows cover: an FFT of ``len(shifts) + m - 1`` points, about half the grid for U25's scan.
+
+    When a fast FFT length lies a few points below that span (4 800 = 2⁶ 3 5² for U25's 4 801, where the next one
+    up, 4 860 = 2² 3⁵ 5, takes 10 % longer), the FFT covers the shifts whose windows fit in it and the last few
+    are evaluated directly.
+    """
     m, k = prior.lae_vectors.shape
     offset = prior.window_start + int(shifts[0]) - segment.first
     span = shifts.size + m - 1
-    length = scipy.fft.next_fast_len(span, real=True)
+    length = scipy.fft.prev_fast_len(span, real=True)
+    if not 0 <= span - length <= _DIRECT_SHIFTS or length < m:
+        length = scipy.fft.next_fast_len(span, real=True)
+    n_fft = min(shifts.size, length - m + 1)  # shifts whose windows the FFT covers without wrapping around
     u_fft, uu_fft, pairs = prior.window_ffts(length)
+    rows = slice(offset, offset + n_fft + m - 1)
+    k_sky = segment.inverse.shape[0]
+    qq, qa = np.zeros((len(pairs[0]), shifts.size)), np.zeros((k, shifts.size))
+    # a few sky vectors at a time, whitened here: their series, spectra and correlations stay in cache
+    for chunk in range(0, k_sky, _SKY_CHUNK):
+        sky = slice(chunk, chunk + _SKY_CHUNK)
+        sky_fft = scipy.fft.rfft(segment.whitened(sky, rows), n=length, axis=-1)
+        add_sky_terms(scipy.fft.irfft(sky_fft[:, None, :] * u_fft, n=length, axis=-1), a[sky], qq, qa, n_fft)
+    weight_fft = scipy.fft.rfft(np.stack([segment.weight[rows], segment.weighted_data[rows]]), n=length, axis=-1)
+    eg = np.empty((len(pairs[0]) + k, shifts.size))
+    eg[:, :n_fft] = scipy.fft.irfft(np.concatenate([weight_fft[0] * uu_fft, weight_fft[1] * u_fft]), n=length,
+                                    axis=-1)[:, :n_fft]
+    if n_fft < shifts.size:  # the last shifts, directly: products with the window at each
+        n_tail, first = shifts.size - n_fft, offset + n_fft
+        u = prior.lae_vectors
+        uu = u[:, pairs[0]] * u[:, pairs[1]]
+        sky = segment.whitened(slice(0, k_sky), slice(first, first + n_tail + m - 1))
+        q_tail = np.empty((k_sky, k, n_tail))
+        for t in range(n_tail):
+            q_tail[:, :, t] = sky[:, t: t + m] @ u
+            eg[:, n_fft + t] = np.concatenate([segment.weight[first + t: first + t + m] @ uu,
+                                               segment.weighted_data[first + t: first + t + m] @ u])
+        qq_tail, qa_tail = np.zeros((len(pairs[0]), n_tail)), np.zeros((k, n_tail))
+        add_sky_terms(q_tail, a, qq_tail, qa_tail, n_tail)
+        qq[:, n_fft:], qa[:, n_fft:] = qq_tail, qa_tail
+    return solve_shifts(eg[: len(pairs[0])], eg[len(pairs[0]):], qq, qa, shifts.size)[0]
 
-    def correlate(series: np.ndarray, kernel_fft: np.ndarray) -> np.ndarray:
-        spectrum = scipy.fft.rfft(series[..., offset: offset + span], n=length, axis=-1)
-        return scipy.fft.irfft(spectrum[..., None, :] * kernel_fft, n=length, axis=-1)[..., : shifts.size]
 
-    q = correlate(segment.whitened, u_fft)
-    e_pairs = correlate(segment.weight, uu_fft)
-    e = np.empty((shifts.size, k, k))
-    e[:, pairs[0], pairs[1]] = e_pairs.T
-    e[:, pairs[1], pairs[0]] = e_pairs.T
-    return _delta_chi2(a, q, e, correlate(segment.weighted_data, u_fft).T)
+_DIRECT_SHIFTS = 16  # at most this many shifts evaluated directly to use a shorter, faster FFT
+_SKY_CHUNK = 10  # sky vectors per FFT pass of the coarse scan
 
 
 def _fine_scan(prior: LAEPrior, segment: _Segment, a: np.ndarray, centre: int, fine_steps: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dchi2 and alpha at ``centre + j/10`` for ``|j| <= fine_steps``: one product of the segment with the windows
     of every sub-pixel phase and integer move stacked as the columns of one matrix."""
-    stack, whole = prior.fine_stack(fine_steps)
+    stack, products, whole = prior.fine_tables(fine_steps)
     rows, k = stack.shape[0], prior.lae_vectors.shape[1]
+    npts = 2 * fine_steps + 1
     first = prior.window_start + centre - whole - _PAD - segment.first
-    stacked = stack.reshape(rows, -1, k)
-    q = (segment.whitened[:, first: first + rows] @ stack).reshape(-1, stacked.shape[1], k).transpose(0, 2, 1)
-    e = np.einsum("rsa,rsb->sab", stacked, stacked * segment.weight[first: first + rows, None, None])
-    g = (segment.weighted_data[first: first + rows] @ stack).reshape(-1, k)
-    dchi2, alpha = _delta_chi2(a, q, e, g)
+    window = slice(first, first + rows)
+    q = (segment.inverse @ ((segment.sky[:, window] * segment.weight[window]) @ stack)).reshape(-1, k, npts)
+    e_pairs = (segment.weight[window] @ products).reshape(-1, npts)
+    g = (segment.weighted_data[window] @ stack).reshape(k, npts)
+    dchi2, alpha = shift_dchi2(q, a, e_pairs, g, npts)
     return centre + np.arange(-fine_steps, fine_steps + 1) / 10.0, dchi2, alpha
+
+
+def _sky_factors(prior: LAEPrior, weight: np.ndarray, weighted_data: np.ndarray, rows: np.ndarray
+                 ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]]:
+    """For each of ``rows`` (spectra of the block), ``(L, L⁻¹, V_skyᵀ W d)`` with ``K = I + V_skyᵀ W V_sky = L Lᵀ``,
+    or None where the Cholesky fails. ``K`` of a batch of spectra is one product of their weights with the
+    per-pixel sky vector pairs and ``V_skyᵀ W d`` another: BLAS-3 instead of one rank-k update per spectrum."""
+    _, pixels, products, (i, j) = prior.sky_products()
+    k_sky = prior.sky_vectors.shape[1]
+    for start in range(0, rows.size, _SKY_BATCH):
+        batch = rows[start: start + _SKY_BATCH]
+        packed = weight[batch][:, pixels] @ products
+        projected = weighted_data[batch] @ prior.sky_vectors
+        k = np.zeros((batch.size, k_sky, k_sky))
+        k[:, j, i] = packed  # the lower triangle of each K in Fortran order, as potrf reads it
+        k[:, np.arange(k_sky), np.arange(k_sky)] += 1.0
+        for index, row in enumerate(batch):
+            chol, info = scipy.linalg.lapack.dpotrf(k[index].T, lower=1, clean=1, overwrite_a=1)
+            inverse, info_inverse = scipy.linalg.lapack.dtrtri(chol, lower=1) if info == 0 else (None, 1)
+            yield int(row), ((chol, inverse, projected[index]) if info_inverse == 0 else None)
+
+
+_SKY_BATCH = 128  # spectra per product of the sky factors (the pair table, 75 MB for U25's prior, is read once each)
 
 
 def scan_lae(
@@ -328,19 +430,22 @@ def scan_lae(
     curves = np.full((nspec, shifts.size), np.nan) if return_curve else None
     components = ({name: np.full(flux.shape, np.nan) for name in ("sky", "lae", "res")}
                   if return_components else None)
-    for row in range(nspec):
-        weight, data = _weights(flux[row], ivar[row], prior.sky_mask)
-        if not weight.any():
-            warn[row] |= LAEWarn.NODATA
-            continue
-        try:
-            chol, a, out["chi2_null"][row] = _sky_factor(prior.sky_vectors, weight, data)
-        except np.linalg.LinAlgError:
+    weight, weighted_data = _weights(flux, ivar, prior.sky_mask)
+    weighted_data *= weight  # the data are needed one spectrum at a time only (the block's array is not kept)
+    measured = np.flatnonzero(weight.any(axis=1))
+    warn[np.setdiff1d(np.arange(nspec), measured)] |= LAEWarn.NODATA
+    for row, factors in _sky_factors(prior, weight, weighted_data, measured):
+        if factors is None:
             warn[row] |= LAEWarn.SKY_SINGULAR
             continue
-        segment = _segment(prior, weight, data, chol, prior.window_start + int(shifts[0]) - margin,
+        chol, inverse, projected = factors
+        a = inverse @ projected
+        data = np.where(weight[row] > 0, flux[row], 0.0)
+        out["chi2_null"][row] = float(data @ weighted_data[row] - a @ a)
+        segment = _segment(prior, weight[row], weighted_data[row], inverse,
+                           prior.window_start + int(shifts[0]) - margin,
                            prior.window_start + int(shifts[-1]) + prior.lae_vectors.shape[0] + margin)
-        curve, _ = _coarse_scan(prior, segment, a, shifts)
+        curve = _coarse_scan(prior, segment, a, shifts)
         best = int(np.argmin(curve))
         out["z_coarse"][row], out["dchi2_coarse"][row] = prior.redshift_of(shifts[best]), curve[best]
         if best in (0, shifts.size - 1):
@@ -367,7 +472,7 @@ def scan_lae(
             else:
                 warn[row] |= LAEWarn.BAD_CURVATURE
         if components is not None:
-            sky, lae = _posterior_means(prior, weight, data, positions[top], chol, alphas[top])
+            sky, lae = _posterior_means(prior, weight[row], data, positions[top], chol, alphas[top])
             components["sky"][row], components["lae"][row] = sky, lae
             components["res"][row] = flux[row] - sky - lae
     return LAEScan(z=out["z"], zerr=out["zerr"], dchi2=out["dchi2"],
@@ -441,10 +546,11 @@ def sky_component(flux: np.ndarray, ivar: np.ndarray, sky_vectors: np.ndarray, s
 
 
 def _weights(flux: np.ndarray, ivar: np.ndarray, sky_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel weights (ivar; 0 where missing, non-finite or sky-masked) and the data with 0 where weight is 0."""
+    """Per-pixel weights (ivar; 0 where missing, non-finite or sky-masked) and the data with 0 where weight is 0, of
+    one spectrum or of each row of a block."""
     weight = np.where(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux), ivar, 0.0)
     if sky_mask is not None:
-        weight[sky_mask] = 0.0
+        weight[..., sky_mask] = 0.0
     return weight, np.where(weight > 0, flux, 0.0)
 
 
