@@ -13,7 +13,7 @@ For a spectrum whose first scan gave ``z1``:
    basis of its span) and the rest is an exact NNLS on the normal equations. The best model is ``fhat``.
 2. **Rescan** (:func:`blend_scan`). At every trial redshift, project the spectrum non-negatively onto
    ``{fhat, H(z)}``: ``fhat`` is fixed (it does not shift) and its coefficient is also >= 0. The Grams come from
-   the same FFT cross-correlations as the first scan (:func:`dzspec.engines.nmf.grams.gram_projections`):
+   the same FFT cross-correlations as the first scan (:func:`dzspec.engines.nmf.grams.fft_correlations`):
    ``G_00 = sum w fhat^2``, ``b_0 = sum w fhat f`` and ``G_0a(s) = xcorr(w fhat, H_a)``; then one exact
    ``(k+1)``-variable NNLS per shift. This gives chi2_2(z).
 3. **Decision** (:func:`select_blend`). Local minima of chi2_2 (:func:`dzspec.engines.nmf.metrics.chi2_metrics`),
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 from numpy.polynomial import legendre
 
-from dzspec.engines.nmf.grams import PreparedBasis, gram_projections
+from dzspec.engines.nmf.grams import PreparedBasis, fft_correlations, grams_at_lags, zero_bad_pixels
 from dzspec.engines.nmf.metrics import chi2_metrics
-from dzspec.engines.nmf.nnls import njit, nnls_gram, nnls_gram_batch
+from dzspec.engines.nmf.nnls import njit, nnls_gram, scan_nnls
 from dzspec.engines.nmf.params import MUSE_LSF_FWHM
 from dzspec.kernels.restframe import LogGrid, observed_window, to_log_grid
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, C_KMS, EMISSION_LINES
@@ -140,19 +140,27 @@ def _line_normal(x, w, f, base, centres, sigmas, half):  # pragma: no cover - co
     for i in range(m):
         lo[i] = max(0, math.floor((centres[i] - half * sigmas[i] - x0) / dx))
         hi[i] = min(n, math.ceil((centres[i] + half * sigmas[i] - x0) / dx) + 1)
+    start = np.zeros(m + 1, dtype=np.int64)  # each profile once, on its own pixels
+    for i in range(m):
+        start[i + 1] = start[i] + max(hi[i] - lo[i], 0)
+    profile = np.empty(start[m])
+    for i in range(m):
+        for j in range(lo[i], hi[i]):
+            profile[start[i] + j - lo[i]] = math.exp(-0.5 * ((x[j] - centres[i]) / sigmas[i]) ** 2)
     gll = np.zeros((m, m))
     glb = np.zeros((m, nb))
     bl = np.zeros(m)
     for i in range(m):
         for j in range(lo[i], hi[i]):
-            gi = math.exp(-0.5 * ((x[j] - centres[i]) / sigmas[i]) ** 2) * w[j]
+            gi = profile[start[i] + j - lo[i]] * w[j]
             bl[i] += gi * f[j]
             for a in range(nb):
                 glb[i, a] += gi * base[a, j]
-            for q in range(i, m):
-                if lo[q] <= j < hi[q]:
-                    gq = math.exp(-0.5 * ((x[j] - centres[q]) / sigmas[q]) ** 2)
-                    gll[i, q] += gi * gq
+        for q in range(i, m):  # only where the two profiles overlap
+            s = 0.0
+            for j in range(max(lo[i], lo[q]), min(hi[i], hi[q])):
+                s += profile[start[i] + j - lo[i]] * w[j] * profile[start[q] + j - lo[q]]
+            gll[i, q] = s
         for q in range(i + 1, m):
             gll[q, i] = gll[i, q]
     return gll, glb, bl
@@ -389,25 +397,27 @@ def blend_scan(prepared: PreparedBasis, flux: np.ndarray, weights: np.ndarray, f
     >>> int(np.argmin(chi2)), np.round(omega[0], 12).tolist()
     (0, [1.0, 2.0])
     """
-    gp, b, c = gram_projections(prepared, flux, weights, lags)
-    _, g0, g00 = gram_projections(prepared, fixed, weights, lags)  # "projections of fixed" = its Gram row
-    f = np.where(np.asarray(weights) > 0, np.nan_to_num(np.asarray(flux, dtype=np.float64)), 0.0)
-    w = np.where(np.asarray(weights) > 0, np.asarray(weights, dtype=np.float64), 0.0)
-    b0 = float(np.sum(w * np.asarray(fixed, dtype=np.float64) * f))
+    f, w = zero_bad_pixels(flux, weights)
+    f, w = f[0], w[0]
+    fixed = np.asarray(fixed, dtype=np.float64)[None]
+    # the fixed vector as a second right-hand side beside the flux: its Gram row G_0a(s) = xcorr(w fixed, H_a) comes
+    # from the same FFT pass as the spectrum's Grams
+    gp, b2, c = grams_at_lags(prepared, fft_correlations(prepared, f, w, fixed), f, w, lags, fixed)
+    b, g0 = b2[:, :, 0], b2[:, :, 1]
+    g00 = float(np.sum(w * fixed[0] * fixed[0]))
+    b0 = float(np.sum(w * fixed[0] * f))
     k = prepared.k
     n = b.shape[0]
-    g = np.empty((n, k + 1, k + 1))
-    g[:, 0, 0] = g00
-    g[:, 0, 1:] = g0
-    g[:, 1:, 0] = g0
-    g[:, 1 + prepared.pair_a, 1 + prepared.pair_b] = gp
-    g[:, 1 + prepared.pair_b, 1 + prepared.pair_a] = gp
-    bb = np.empty((n, k + 1))
-    bb[:, 0] = b0
-    bb[:, 1:] = b
-    omega = nnls_gram_batch(g, bb, tol_rel=tol_rel)
-    chi2 = c - 2.0 * np.einsum("na,na->n", omega, bb) + np.einsum("na,nab,nb->n", omega, g, omega)
-    return np.maximum(chi2, 0.0), omega
+    # the (k + 1)-variable Gram, packed as the scan's NNLS kernel reads it: the fixed vector is variable 0
+    pa, pb = np.triu_indices(k + 1)
+    source = np.column_stack([np.full(n, g00), g0, gp])  # columns: G_00, G_0a, then the basis pairs
+    column = np.where(pa == 0, np.where(pb == 0, 0, pb), 1 + k + prepared.pair_index[np.maximum(pa - 1, 0),
+                                                                                    np.maximum(pb - 1, 0)])
+    packed = np.ascontiguousarray(source[:, column])
+    bb = np.ascontiguousarray(np.column_stack([np.full(n, b0), b]))
+    omega, chi2 = np.zeros((n, k + 1)), np.zeros(n)
+    scan_nnls(packed, bb, packed, bb, c, pa.astype(np.int64), pb.astype(np.int64), float(tol_rel), omega, chi2)
+    return chi2, omega
 
 
 # ---------------------------------------------------------------------------------------------------------------------

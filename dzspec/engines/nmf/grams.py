@@ -33,8 +33,10 @@ from dzspec.engines.nmf.nnls import njit
 
 __all__ = [
     "Correlations",
+    "MainBlock",
     "PreparedBasis",
     "RowSegment",
+    "fast_length",
     "fft_correlations",
     "gram_projections",
     "grams_at_lags",
