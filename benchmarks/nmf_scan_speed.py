@@ -9,9 +9,13 @@ that compiles the numba kernels), and the straightforward per-trial weighted ``s
 matrix on ``--ref-trials`` trials of ``--ref-spectra`` spectra, extrapolated to 13 401 trials. On the evaluated trials
 it checks the same argmin and chi2 within 1e-8 relative.
 
-With ``--basis STORE:NAME`` it scans with a basis trained by ``dzspec train`` (trained bases are harder than the
-synthetic one: spikes and rows bright over part of the grid); with ``--spectra STORE`` it scans spectra of a store
-(e.g. ``dzspec simulate --survey muse``) instead of spectra made from the basis.
+It times the synthetic basis and, beside it in the same run, a trained one: the shipped ``muse`` basis (rank 10,
+trained to convergence by ``dzspec models remake muse``), or ``--basis STORE:NAME`` (trained bases are harder than the
+synthetic one: spikes and rows bright over part of the grid). With ``--spectra STORE`` the trained basis scans
+spectra of a store (e.g. ``dzspec simulate --survey muse``) instead of spectra made from the basis.
+``--zfind STORE`` also times ``dzspec zfind`` as a user runs it (shipped basis, every default: sky continuum term,
+noise calibration, confidence), and ``--baseline TREE`` the same command with an older dzspec (a git worktree) in
+the same run, for the ratio.
 
 ``--nuisance-order`` (default 0, as ``dzspec zfind``) adds the free-sign Legendre terms; ``-1`` times B26's basis-only
 scan.
@@ -19,13 +23,17 @@ scan.
 Usage::
 
     python benchmarks/nmf_scan_speed.py --nspec 10 --ref-spectra 2 --ref-trials 300
-    python benchmarks/nmf_scan_speed.py --basis bases.zarr:nmf --spectra muse.zarr --nspec 60
+    python benchmarks/nmf_scan_speed.py --spectra muse.zarr --nspec 30 --zfind muse.zarr --baseline /tmp/old \
+        --out r.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -101,97 +109,146 @@ def store_spectra(path: str, nspec: int, j0: int, n_obs: int, z: np.ndarray):
     return flux, weights, nearest
 
 
+def measure_kernel(h: np.ndarray, label: str, args: argparse.Namespace, *, store_spectra_: bool) -> dict:
+    """Kernel figures of one basis: median ms per spectrum per core (one call per spectrum and a block), the
+    per-trial reference extrapolated to the whole grid, and the exactness checks on the evaluated trials. The
+    spectra come from ``--spectra`` when ``store_spectra_`` (else they are made from the basis)."""
+    use_store = bool(args.spectra) and store_spectra_
+    j0 = round((np.log10(4750.0) - GAMMA0) / DELTA)
+    n_obs = round((np.log10(9350.0) - GAMMA0) / DELTA) - j0 + 1
+    if use_store:  # the store's own observed window (vacuum MUSE spectra start at 4751.3 A, not 4750)
+        j0, n_obs = store_window(args.spectra)
+    z, shifts, lags = trial_grid(DELTA, j0)
+    print(f"\n== {label}: rest grid N = {N_REST}, observed n_obs = {n_obs} (j0 = {j0}), trials = {z.size}, "
+          f"k = {h.shape[0]}")
+    t0 = time.perf_counter()
+    prepared = prepare_basis(h, n_obs, lags=lags)
+    prepare_s = time.perf_counter() - t0
+    print(f"prepare_basis: {prepare_s:.3f} s, {prepared.fft_points / 1e6:.2f} M inverse-FFT points per spectrum "
+          f"({len(prepared.segments)} row segments)")
+    nuisance = nuisance_vectors(n_obs, args.nuisance_order)
+    print(f"nuisance terms: {0 if nuisance is None else nuisance.shape[0]} (order {args.nuisance_order})")
+    rng = np.random.default_rng(7)
+    true_idx = rng.integers(0, z.size, args.nspec)
+    if use_store:
+        flux, weights, true_idx = store_spectra(args.spectra, args.nspec, j0, n_obs, z)
+    else:
+        flux, weights = observed_spectra(h, j0, n_obs, shifts[true_idx])
+    scan_block(prepared, flux[:1], weights[:1], shifts, DELTA, j0, nuisance=nuisance)  # warm-up (numba compile)
+    times, results = [], []
+    for i in range(args.nspec):
+        t0 = time.perf_counter()
+        results.append(scan_block(prepared, flux[i : i + 1], weights[i : i + 1], shifts, DELTA, j0,
+                                  nuisance=nuisance))
+        times.append(time.perf_counter() - t0)
+    fast_ms = 1e3 * float(np.median(times))
+    t0 = time.perf_counter()
+    block = scan_block(prepared, flux, weights, shifts, DELTA, j0, nuisance=nuisance)
+    block_ms = 1e3 * (time.perf_counter() - t0) / args.nspec
+    recovered = float(np.mean(np.abs(block.index - true_idx) <= 1))
+    print(f"scan_block: median {fast_ms:.1f} ms/spectrum/core (block of {args.nspec}: {block_ms:.1f} ms/spectrum);"
+          f" true trial recovered (+-1) for {recovered:.0%}")
+    ref_times, max_rel, same_argmin = [], 0.0, True
+    for i in range(args.ref_spectra):
+        sub = np.unique(np.r_[np.linspace(0, z.size - 1, args.ref_trials - 1).astype(int), results[i].index[0]])
+        chi2, _ = scan_chi2(prepared, flux[i], weights[i], lags[sub], nuisance=nuisance)
+        t0 = time.perf_counter()
+        ref, _ = reference_scan(h, flux[i], weights[i], lags[sub], nuisance=nuisance)
+        ref_times.append((time.perf_counter() - t0) / sub.size * z.size)
+        max_rel = max(max_rel, float(np.max(np.abs(chi2 - ref) / ref)))
+        same_argmin &= bool(np.argmin(chi2) == np.argmin(ref)) and bool(sub[np.argmin(ref)] == results[i].index[0])
+    ref_ms = 1e3 * float(np.median(ref_times))
+    form = "nnls" if nuisance is None else "lsq_linear (BVLS)"
+    print(f"reference (per-trial weighted scipy {form}, extrapolated to {z.size} trials): "
+          f"{ref_ms:.0f} ms/spectrum/core")
+    print(f"speed-up: {ref_ms / fast_ms:.0f}x; same argmin on the evaluated trials: {same_argmin}; "
+          f"max chi2 relative difference: {max_rel:.2e} ({'within' if max_rel <= 1e-8 else 'NOT within'} 1e-8)")
+    return {"basis": label, "k": int(h.shape[0]), "n_obs": int(n_obs), "trials": int(z.size),
+            "prepare_s": round(prepare_s, 3), "fft_points_per_spectrum": int(prepared.fft_points),
+            "row_segments": len(prepared.segments), "median_ms_per_spectrum": round(fast_ms, 2),
+            "block_ms_per_spectrum": round(block_ms, 2), "reference_ms_per_spectrum": round(ref_ms, 1),
+            "speed_up": round(ref_ms / fast_ms, 1), "same_argmin": same_argmin, "max_chi2_rel_diff": max_rel,
+            "recovered": recovered}
+
+
+def time_zfind(store: str, code: str | None) -> dict:
+    """``dzspec zfind STORE --workers 1`` (shipped basis, every default) in a subprocess on a fresh copy of the store,
+    with the dzspec at ``code`` (a git worktree) when given: its stage time per spectrum per core, and the wall time
+    with the cluster start."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from dzspec.io import store as zstore
+
+    root = zstore.open_root(store)
+    n = int(root[zstore.resolve_spectra_group(root, None)]["flux"].shape[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = f"{tmp}/spectra.zarr"
+        shutil.copytree(store, copy)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=code or "")
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "dzspec.cli", "zfind", copy, "--workers", "1", "--no-progress"],
+                             capture_output=True, text=True, env=env, cwd=code or None, check=True)
+        wall = time.perf_counter() - t0
+    stage = re.search(r"nmf_zfind: .* computed, 0 failed in ([0-9.]+) s", run.stdout + run.stderr)
+    seconds = float(stage.group(1)) if stage else float("nan")
+    label = code or "this checkout"
+    print(f"dzspec zfind ({label}) on {n} spectra, 1 worker: {1e3 * seconds / n:.1f} ms/spectrum/core in the zfind "
+          f"stage, {1e3 * wall / n:.1f} ms/spectrum with cluster start, noise calibration and writing")
+    return {"code": label, "spectra": n, "stage_s": seconds, "wall_s": round(wall, 1),
+            "stage_ms_per_spectrum": round(1e3 * seconds / n, 2), "wall_ms_per_spectrum": round(1e3 * wall / n, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nspec", type=int, default=10)
     parser.add_argument("--ref-spectra", type=int, default=2)
     parser.add_argument("--ref-trials", type=int, default=300)
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--k", type=int, default=10, help="rank of the synthetic basis")
     parser.add_argument("--basis", metavar="STORE:NAME",
-                        help="scan with a trained basis saved by `dzspec train` (paper grid), not the synthetic one")
+                        help="the trained basis timed beside the synthetic one (paper grid; default: the shipped muse "
+                             "basis)")
     parser.add_argument("--spectra", metavar="STORE", help="scan --nspec random spectra of this store's only group")
     parser.add_argument("--nuisance-order", type=int, default=0,
                         help="free-sign Legendre terms beside the basis, as zfind's default (-1: the basis alone); "
                              "the reference is then scipy.optimize.lsq_linear with the nuisance coefficients free")
+    parser.add_argument("--zfind", metavar="STORE", help="also time `dzspec zfind STORE --workers 1` (>= 2 000 "
+                                                         "spectra for #18's figure)")
+    parser.add_argument("--baseline", metavar="TREE", help="with --zfind: time the dzspec of this git worktree (e.g. "
+                                                           "`git worktree add /tmp/old <commit>`) in the same run")
+    parser.add_argument("--out", metavar="JSON", help="write the figures here")
     args = parser.parse_args()
-    trained = None
+    from dzspec.io.bases import load_basis
+    from dzspec.models import shipped_model
+
     if args.basis:
-        from dzspec.io.bases import load_basis
-
         store, _, name = args.basis.rpartition(":")
-        trained = load_basis(store, name)
-        if (trained.grid.size, trained.grid.step) != (N_REST, DELTA):
-            raise SystemExit(f"{args.basis}: basis grid {trained.grid} is not the paper grid")
-        args.k = trained.rank
-
-    j0 = round((np.log10(4750.0) - GAMMA0) / DELTA)
-    n_obs = round((np.log10(9350.0) - GAMMA0) / DELTA) - j0 + 1
-    if args.spectra:  # the store's own observed window (vacuum MUSE spectra start at 4751.3 A, not 4750)
-        j0, n_obs = store_window(args.spectra)
-    z, shifts, lags = trial_grid(DELTA, j0)
-    print(f"rest grid N = {N_REST}, observed n_obs = {n_obs} (j0 = {j0}), trials = {z.size}, k = {args.k}")
+    else:
+        model = shipped_model("muse")
+        store, name = str(model.path), model.group
+    trained = load_basis(store, name)
+    if (trained.grid.size, trained.grid.step) != (N_REST, DELTA):
+        raise SystemExit(f"{store}:{name}: basis grid {trained.grid} is not the paper grid")
+    report: dict = {"kernel": []}
     with threadpool_limits(1):
-        h = synthetic_basis(args.k) if trained is None else trained.basis
-        print("basis:", "synthetic" if trained is None else f"trained {args.basis}")
-        t0 = time.perf_counter()
-        prepared = prepare_basis(h, n_obs, lags=lags)
-        print(f"prepare_basis: {time.perf_counter() - t0:.3f} s, {prepared.fft_points / 1e6:.2f} M inverse-FFT points per"
-              f" spectrum ({len(prepared.segments)} row segments)")
-        nuisance = nuisance_vectors(n_obs, args.nuisance_order)
-        print(f"nuisance terms: {0 if nuisance is None else nuisance.shape[0]} (order {args.nuisance_order})")
-        rng = np.random.default_rng(7)
-        true_idx = rng.integers(0, z.size, args.nspec)
-        if args.spectra:
-            flux, weights, true_idx = store_spectra(args.spectra, args.nspec, j0, n_obs, z)
-        else:
-            flux, weights = observed_spectra(h, j0, n_obs, shifts[true_idx])
-        scan_block(prepared, flux[:1], weights[:1], shifts, DELTA, j0, nuisance=nuisance)  # warm-up (numba compile)
-        times = []
-        results = []
-        for i in range(args.nspec):
-            t0 = time.perf_counter()
-            results.append(scan_block(prepared, flux[i : i + 1], weights[i : i + 1], shifts, DELTA, j0,
-                                      nuisance=nuisance))
-            times.append(time.perf_counter() - t0)
-        fast_ms = 1e3 * float(np.median(times))
-        # the whole block in one call
-        t0 = time.perf_counter()
-        block = scan_block(prepared, flux, weights, shifts, DELTA, j0, nuisance=nuisance)
-        block_ms = 1e3 * (time.perf_counter() - t0) / args.nspec
-        recovered = np.mean(np.abs(block.index - true_idx) <= 1)
-        t0 = time.perf_counter()
-        unweighted = scan_block(prepared, flux, weights, shifts, DELTA, j0, weighting="unweighted")
-        unweighted_ms = 1e3 * (time.perf_counter() - t0) / args.nspec
-        agree = np.mean(unweighted.index == block.index)
-        print(
-            f"scan_block: median {fast_ms:.1f} ms/spectrum/core (block of {args.nspec}: {block_ms:.1f} ms/spectrum);"
-            f" true trial recovered (+-1) for {recovered:.0%}"
-        )
-        print(
-            f"unweighted (Moose) mode, block of {args.nspec}: {unweighted_ms:.1f} ms/spectrum (window Gram once per"
-            f" block); same best trial as weighted for {agree:.0%}"
-        )
-
-        ref_times = []
-        max_rel = 0.0
-        same_argmin = True
-        for i in range(args.ref_spectra):
-            sub = np.unique(np.r_[np.linspace(0, z.size - 1, args.ref_trials - 1).astype(int), results[i].index[0]])
-            chi2, _ = scan_chi2(prepared, flux[i], weights[i], lags[sub], nuisance=nuisance)
-            t0 = time.perf_counter()
-            ref, _ = reference_scan(h, flux[i], weights[i], lags[sub], nuisance=nuisance)
-            ref_times.append((time.perf_counter() - t0) / sub.size * z.size)
-            max_rel = max(max_rel, float(np.max(np.abs(chi2 - ref) / ref)))
-            same_argmin &= bool(np.argmin(chi2) == np.argmin(ref)) and bool(sub[np.argmin(ref)] == results[i].index[0])
-        ref_ms = 1e3 * float(np.median(ref_times))
-    form = "nnls" if nuisance is None else "lsq_linear (BVLS)"
-    print(f"reference (per-trial weighted scipy {form}, extrapolated to {z.size} trials): "
-          f"{ref_ms:.0f} ms/spectrum/core")
-    print(
-        f"speed-up: {ref_ms / fast_ms:.0f}x; same argmin on the evaluated trials: {same_argmin}; "
-        f"max chi2 relative difference: {max_rel:.2e}"
-    )
-    print(f"target <= 60 ms/spectrum/core: {'met' if fast_ms <= 60 else 'NOT met'}")
+        report["kernel"].append(measure_kernel(synthetic_basis(args.k), f"synthetic rank {args.k}", args,
+                                               store_spectra_=False))
+        report["kernel"].append(measure_kernel(trained.basis, f"trained {store}:{name}", args, store_spectra_=True))
+    if args.zfind:
+        report["zfind"] = [time_zfind(args.zfind, None)]
+        if args.baseline:
+            report["zfind"].append(time_zfind(args.zfind, args.baseline))
+            ratio = report["zfind"][1]["stage_s"] / report["zfind"][0]["stage_s"]
+            report["zfind_speedup_over_baseline"] = round(ratio, 2)
+            print(f"zfind stage: {ratio:.2f}x faster than {args.baseline}")
+    fastest = report["kernel"][1]["median_ms_per_spectrum"]
+    print(f"\ntrained basis: {fastest:.1f} ms/spectrum/core in the kernel; target <= 30: "
+          f"{'met' if fastest <= 30 else 'NOT met'}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
