@@ -99,14 +99,27 @@ def _fit_one(z: np.ndarray, z_true: np.ndarray, sigma: np.ndarray, bins: np.ndar
         widths, _ = pull_widths(z, z_true, apply_zerr_calibration(sigma, z, np.exp(log_scale), floor), bins, nbins)
         return float(np.max(np.abs(np.log(widths[used]))))
 
-    error = np.abs(z - z_true) / (1.0 + z_true)
-    best = (np.inf, 1.0, 0.0)
-    for floor in np.r_[0.0, np.geomspace(1e-3, 10.0, 41) * np.median(error)]:
+    def best_scale(floor: float) -> tuple[float, float]:
         # at a fixed floor every bin's width falls as the scale grows: one bounded 1-d search
         fit = scipy.optimize.minimize_scalar(cost, bounds=(np.log(0.05), np.log(50.0)), args=(floor,),
                                              method="bounded", options={"xatol": 1e-3})
+        return float(fit.fun), float(np.exp(fit.x))
+
+    error = np.abs(z - z_true) / (1.0 + z_true)
+    grid = np.geomspace(1e-3, 10.0, 41) * np.median(error)
+    best = (*best_scale(0.0), 0.0)
+    for floor in grid:
+        fun, scale = best_scale(float(floor))
+        if fun < best[0]:
+            best = (fun, scale, float(floor))
+    if best[2] > 0:  # the grid's steps are 26 % apart: refine the floor between the neighbours of the best one
+        step = grid[1] / grid[0]
+        fit = scipy.optimize.minimize_scalar(lambda log_floor: best_scale(float(np.exp(log_floor)))[0],
+                                             bounds=(np.log(best[2] / step), np.log(best[2] * step)),
+                                             method="bounded", options={"xatol": 1e-3})
         if fit.fun < best[0]:
-            best = (float(fit.fun), float(np.exp(fit.x)), float(floor))
+            floor = float(np.exp(fit.x))
+            best = (float(fit.fun), best_scale(floor)[1], floor)
     return best[1], best[2]
 
 
