@@ -24,7 +24,7 @@ import xarray as xr
 from distributed import Client
 
 from dzspec.engines.cache import process_cache
-from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
+from dzspec.engines.nmf.grams import PreparedBasis, lag_range, prepare_basis
 from dzspec.engines.nmf.zfind import nmf_zfind
 from dzspec.io import store as zstore
 from dzspec.kernels.metrics import good_fraction, mae_with_rejection
@@ -72,8 +72,8 @@ def _concatenate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @process_cache(maxsize=2)
-def _prepared(named: _Named, n_obs: int) -> PreparedBasis:
-    return prepare_basis(named.basis, n_obs)
+def _prepared(named: _Named, n_obs: int, lags: tuple[int, int]) -> PreparedBasis:
+    return prepare_basis(named.basis, n_obs, lags=lags)
 
 
 def _scan_rows(block: int, start: int, stop: int, store: str, group: str, rows: np.ndarray, basis: np.ndarray,
@@ -83,10 +83,10 @@ def _scan_rows(block: int, start: int, stop: int, store: str, group: str, rows: 
     rows = rows[start:stop]
     source = zstore.open_root(store)[group]
     wavelength = source["wavelength"][:]
-    _, n_obs = observed_window(wavelength, grid)
-    z_trials = trial_redshifts(scan["z_min"], scan["z_max"], scan["dz"])
+    j0, n_obs = observed_window(wavelength, grid)
+    shifts = grid.shift_of(trial_redshifts(scan["z_min"], scan["z_max"], scan["dz"]))
     out = nmf_zfind(wavelength, source["flux"].oindex[rows, :], source["ivar"].oindex[rows, :],
-                    prepared=_prepared(_Named(token, basis), n_obs), grid=grid, shifts=grid.shift_of(z_trials),
+                    prepared=_prepared(_Named(token, basis), n_obs, lag_range(j0, shifts)), grid=grid, shifts=shifts,
                     weighting=scan["weighting"])
     return out["z"]
 

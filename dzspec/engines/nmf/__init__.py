@@ -52,6 +52,7 @@ _EXPORTS = {
     "fft_correlations": "dzspec.engines.nmf.grams",
     "gram_projections": "dzspec.engines.nmf.grams",
     "grams_at_lags": "dzspec.engines.nmf.grams",
+    "lag_range": "dzspec.engines.nmf.grams",
     "prepare_basis": "dzspec.engines.nmf.grams",
     "spike_pixels": "dzspec.engines.nmf.grams",
     "unweighted_projections": "dzspec.engines.nmf.grams",

@@ -24,7 +24,7 @@ from dzspec.engines.adapter import NOISE_PARAMS, calibrated_ivar
 from dzspec.engines.cache import process_cache
 from dzspec.engines.nmf.blends import detect_blends, line_terms
 from dzspec.engines.nmf.confidence import FEATURE_INPUTS, ConfidenceModel, scan_features
-from dzspec.engines.nmf.grams import PreparedBasis, prepare_basis
+from dzspec.engines.nmf.grams import PreparedBasis, lag_range, prepare_basis
 from dzspec.engines.nmf.params import BlendParams, ZfindParams
 from dzspec.engines.nmf.zfind import MIN_DELTACHI2, nmf_zfind
 from dzspec.engines.nmf.zspikes import find_spikes, spike_members, trial_index
@@ -66,11 +66,6 @@ def cached_prepared(path: str, name: str, sha256: str, n_obs: int, support_floor
     return prepare_basis(cached_basis(path, name, sha256).basis, n_obs, lags=lags, support_floor=support_floor)
 
 
-def _trial_lags(j0: int, shifts: np.ndarray) -> tuple[int, int]:
-    """The lags ``[lo, hi)`` that a scan over ``shifts`` (and its refinement between them) reads."""
-    return int(j0 - shifts.max()), int(j0 - shifts.min() + 1)
-
-
 @process_cache(maxsize=2)
 def cached_sky_continuum(path: str, name: str, sha256: str) -> tuple[np.ndarray, np.ndarray]:
     """``(wavelength, continuum)`` of the basis's sky nuisance term, once per process, checked against ``sha256``."""
@@ -101,7 +96,7 @@ def _zfind_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, 
                            noise_sha256=noise_sha256)
     j0, n_obs = observed_window(wavelength, basis.grid)
     shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
-    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, _trial_lags(j0, shifts))
+    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, lag_range(j0, shifts))
     out = nmf_zfind(wavelength, flux, ivar, prepared=prepared, grid=basis.grid, shifts=shifts,
                     weighting=weighting, n_candidates=n_candidates, refine=refine, store_chi2=store_chi2,
                     chi2_decimate=chi2_decimate, nuisance_order=nuisance_order, sky_continuum=sky,
@@ -285,7 +280,7 @@ def _blend_block(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, tar
     basis = cached_basis(basis_store, basis_name, basis_sha256)
     j0, n_obs = observed_window(wavelength, basis.grid)
     shifts = basis.grid.shift_of(trial_redshifts(z_min, z_max, dz))
-    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, _trial_lags(j0, shifts))
+    prepared = cached_prepared(basis_store, basis_name, basis_sha256, n_obs, support_floor, lag_range(j0, shifts))
     known, z_sorted = cached_first_redshifts(spectra_store, zfind_results, z_column, zfind_sha256)
     where = np.clip(np.searchsorted(known, targetid), 0, known.size - 1)
     if not np.array_equal(known[where], targetid):

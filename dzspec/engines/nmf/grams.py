@@ -40,6 +40,7 @@ __all__ = [
     "fft_correlations",
     "gram_projections",
     "grams_at_lags",
+    "lag_range",
     "prepare_basis",
     "spike_pixels",
     "unweighted_projections",
@@ -219,6 +220,19 @@ def fast_length(n: int) -> int:
         best = min(best, two)
         three *= 3
     return best
+
+
+def lag_range(j0: int, shifts: np.ndarray) -> tuple[int, int]:
+    """The lags ``[lo, hi)`` that a scan over the trial ``shifts`` of a window starting at rest pixel ``j0`` (and its
+    sub-pixel refinement between them) reads: what :func:`prepare_basis` should serve.
+
+    Examples
+    --------
+    >>> lag_range(40648, np.array([0, 10, 40013]))
+    (635, 40649)
+    """
+    shifts = np.asarray(shifts)
+    return int(j0 - shifts.max()), int(j0 - shifts.min() + 1)
 
 
 def _restricted_length(lag_lo: int, lag_hi: int, p0: int, p1: int, n_obs: int) -> int:
