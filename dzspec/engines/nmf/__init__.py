@@ -45,7 +45,7 @@ _EXPORTS = {
     "scan_nnls": "dzspec.engines.nmf.nnls",
     "scan_nnls_schur": "dzspec.engines.nmf.nnls",
     "Correlations": "dzspec.engines.nmf.grams",
-    "MainBlock": "dzspec.engines.nmf.grams",
+    "MainFFTs": "dzspec.engines.nmf.grams",
     "PreparedBasis": "dzspec.engines.nmf.grams",
     "RowSegment": "dzspec.engines.nmf.grams",
     "fast_length": "dzspec.engines.nmf.grams",

@@ -42,8 +42,9 @@ from numpy.polynomial import legendre
 
 from dzspec.engines.nmf.grams import PreparedBasis, fft_correlations, grams_at_lags, zero_bad_pixels
 from dzspec.engines.nmf.metrics import chi2_metrics
-from dzspec.engines.nmf.nnls import njit, nnls_gram, scan_nnls
+from dzspec.engines.nmf.nnls import nnls_gram, scan_nnls
 from dzspec.engines.nmf.params import MUSE_LSF_FWHM
+from dzspec.kernels.jit import njit
 from dzspec.kernels.restframe import LogGrid, observed_window, to_log_grid
 from dzspec.kernels.simulate.common import ABSORPTION_LINES, C_KMS, EMISSION_LINES
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from dzspec.engines.nmf.nnls import njit
+from dzspec.kernels.jit import njit
 
 __all__ = [
     "Correlations",
-    "MainBlock",
+    "MainFFTs",
     "PreparedBasis",
     "RowSegment",
     "fast_length",
@@ -90,16 +90,14 @@ class RowSegment:
 
 
 @dataclass(frozen=True)
-class MainBlock:
-    """The lags ``[lag_lo, lag_hi)`` whose Grams and projections of ``rows`` (and of the ``pairs`` among them) come
-    from one set of FFTs over rest pixels from ``p0``, at ``length`` (lag ``s`` at index ``(s - p0) mod length``).
+class MainFFTs:
+    """The FFTs that give the Grams and projections of ``rows`` (and of the ``pairs`` among them) at every served lag:
+    over rest pixels from ``p0``, at ``length`` (lag ``s`` at index ``(s - p0) mod length``).
 
     ``fft_hh`` holds the real FFTs of the pair products, ``fft_h`` those of the rows; ``hh_norm`` (every pair) the
-    2-norms of the pair products over the block's pixels, the scale of its FFT round-off.
+    2-norms of the pair products over those pixels, the scale of the FFT round-off.
     """
 
-    lag_lo: int
-    lag_hi: int
     p0: int
     length: int
     pairs: np.ndarray
@@ -118,9 +116,9 @@ class PreparedBasis:
     basis : (k, n_rest) float64 non-negative basis ``H``.
     n_obs : observed pixels per spectrum.
     lag_lo, lag_hi : the lags served, ``lag_lo <= s < lag_hi`` (lags without overlap give zeros anywhere).
-    blocks : the main FFTs, one :class:`MainBlock` per range of lags (today one, over every lag served).
-    segments : the segment plan of the rows a block leaves out, each row's segments covering every lag of the block
-        where the row meets the window.
+    main : the main FFTs (:class:`MainFFTs`), of the rows without a segment plan.
+    segments : the segment plan of the other rows, each row's segments covering every lag served where the row meets
+        the window.
     pair_a, pair_b : the k(k+1)/2 index pairs a <= b of the packed Gram.
     pair_index : (k, k) position of the pair (a, b) in the packed Gram.
     support_index, support_offset : sorted non-zero pixels of row a are
@@ -136,7 +134,7 @@ class PreparedBasis:
     n_obs: int
     lag_lo: int
     lag_hi: int
-    blocks: tuple[MainBlock, ...]
+    main: MainFFTs
     segments: tuple[RowSegment, ...]
     pair_a: np.ndarray
     pair_b: np.ndarray
@@ -161,7 +159,7 @@ class PreparedBasis:
     @property
     def fft_points(self) -> int:
         """Inverse-FFT points per spectrum with two right-hand sides (flux, one nuisance term): the scan's main cost."""
-        main = sum(b.length * (b.pairs.size + 2 * b.rows.size) for b in self.blocks)
+        main = self.main.length * (self.main.pairs.size + 2 * self.main.rows.size)
         return main + sum(s.length * (s.partners.size + 2) for s in self.segments)
 
 
@@ -169,12 +167,12 @@ class PreparedBasis:
 class Correlations:
     """One spectrum's FFT correlations at every served lag (:func:`fft_correlations`).
 
-    ``blocks`` one array per :class:`MainBlock` (rows: its pair products against ``w``, then its rows against each
-    right-hand side); ``segments`` one per :class:`RowSegment` (``k`` pair products against ``w``, then the row
-    against each right-hand side; None for a directly summed segment).
+    ``main`` from :class:`MainFFTs` (rows: its pair products against ``w``, then its rows against each right-hand
+    side); ``segments`` one per :class:`RowSegment` (one pair product per partner against ``w``, then the row against
+    each right-hand side; None for a directly summed segment).
     """
 
-    blocks: tuple[np.ndarray, ...]
+    main: np.ndarray
     segments: tuple[np.ndarray | None, ...]
 
 
@@ -267,9 +265,9 @@ def prepare_basis(basis: np.ndarray, n_obs: int, *, lags: tuple[int, int] | np.n
     Examples
     --------
     >>> pb = prepare_basis(np.ones((2, 100)), 30)
-    >>> len(pb.blocks), pb.blocks[0].length >= 129, (pb.lag_lo, pb.lag_hi)
-    (1, True, (-29, 100))
-    >>> prepare_basis(np.ones((2, 100)), 30, lags=np.array([40, 10, 25])).blocks[0].length  # pixels 10..68 only
+    >>> pb.main.length >= 129, (pb.lag_lo, pb.lag_hi)
+    (True, (-29, 100))
+    >>> prepare_basis(np.ones((2, 100)), 30, lags=np.array([40, 10, 25])).main.length  # pixels 10..68 only
     64
     """
     h = np.array(basis, dtype=np.float64)
@@ -298,13 +296,13 @@ def prepare_basis(basis: np.ndarray, n_obs: int, *, lags: tuple[int, int] | np.n
     smooth = h.copy()
     smooth[:, spikes] = 0.0
     planner = _Planner(h, smooth, n_obs, lag_lo, lag_hi, pair_index)
-    blocks, segments = planner.build([(lag_lo, lag_hi)])
+    main, segments = planner.build()
     return PreparedBasis(
         basis=h,
         n_obs=n_obs,
         lag_lo=lag_lo,
         lag_hi=lag_hi,
-        blocks=tuple(blocks),
+        main=main,
         segments=tuple(segments),
         pair_a=pa.astype(np.int64),
         pair_b=pb.astype(np.int64),
@@ -341,9 +339,10 @@ class _Planner:
     Pair ``(a, b)`` at lag ``s`` is accurate from an FFT over pixels ``P`` when ``sqrt(E_a(s) E_b(s))``, its
     Cauchy-Schwarz scale (``E_a``: row ``a``'s energy in the window), is at least :data:`_PLAN_MARGIN` x
     :data:`_WEAK_REL` x ``sqrt(n_obs)`` x ``||H_a H_b||_P`` (the FFT's round-off scale, with the margin for uneven
-    weights). A block of lags is one set of FFTs over the pixels it covers; rows whose own Gram is inaccurate somewhere
-    in it get a plan of their own: their lags are cut, from the first, into the longest runs accurate for all the row's
-    pairs over the pixels the run covers (runs of at most :data:`_DIRECT_LAGS` lags are summed directly).
+    weights). The main FFTs cover every lag served over the pixels they reach; rows whose own Gram is inaccurate
+    somewhere there get a plan of their own: their lags are cut, from the first, into the longest runs accurate for
+    all the row's pairs over the pixels the run covers (runs of at most :data:`_DIRECT_LAGS` lags are summed
+    directly).
     """
 
     def __init__(self, h: np.ndarray, smooth: np.ndarray, n_obs: int, lag_lo: int, lag_hi: int,
@@ -398,35 +397,28 @@ class _Planner:
             pos = end
         return out
 
-    def block_plan(self, lo: int, hi: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray, int, int]]]:
-        """``(planned rows, their runs (row, partners, lo, hi))`` of one block of lags: a planned row's partners are
-        the main rows and the planned rows from it on (a lower planned row's runs hold their pairs with it)."""
-        planned = self.weak_rows(lo, hi)
-        runs = []
-        for a in planned:
-            partners = np.flatnonzero(~np.isin(np.arange(self.k), planned) | (np.arange(self.k) >= a))
-            runs.extend((int(a), partners, r0, r1) for r0, r1 in self.runs(int(a), partners, lo, hi))
-        return planned, runs
-
-    def build(self, ranges: list[tuple[int, int]]) -> tuple[list[MainBlock], list[RowSegment]]:
-        """The blocks and row segments (with their forward FFTs) of the plan with these blocks of lags."""
-        k, smooth, n_obs = self.k, self.smooth, self.n_obs
+    def build(self) -> tuple[MainFFTs, list[RowSegment]]:
+        """The main FFTs and the row segments (with their forward FFTs) over every lag served. A planned row's
+        partners are the main rows and the planned rows from it on (a lower planned row's segments hold their pairs
+        with it)."""
+        k, smooth, n_obs, lo, hi = self.k, self.smooth, self.n_obs, self.lag_lo, self.lag_hi
         pa, pb = np.triu_indices(k)
-        blocks, segments = [], []
-        for lo, hi in ranges:
-            planned, runs = self.block_plan(lo, hi)
-            main = np.setdiff1d(np.arange(k), planned)
-            keep = np.isin(pa, main) & np.isin(pb, main)
-            p0, p1 = _pixel_range(lo, hi, n_obs, self.n_rest)
-            length = _restricted_length(lo, hi, p0, p1, n_obs)
-            hh = smooth[pa[keep], p0:p1] * smooth[pb[keep], p0:p1]
-            blocks.append(MainBlock(
-                lag_lo=lo, lag_hi=hi, p0=p0, length=length, pairs=np.flatnonzero(keep).astype(np.int64),
-                rows=main.astype(np.int64), fft_hh=scipy.fft.rfft(hh, n=length, axis=-1, workers=1),
-                fft_h=scipy.fft.rfft(smooth[main, p0:p1], n=length, axis=-1, workers=1),
-                hh_norm=np.sqrt(self.products.between(slice(None), p0, p1)),
-            ))  # fmt: skip
-            for a, partners, r0, r1 in runs:
+        planned = self.weak_rows(lo, hi)
+        main = np.setdiff1d(np.arange(k), planned)
+        keep = np.isin(pa, main) & np.isin(pb, main)
+        p0, p1 = _pixel_range(lo, hi, n_obs, self.n_rest)
+        length = _restricted_length(lo, hi, p0, p1, n_obs)
+        hh = smooth[pa[keep], p0:p1] * smooth[pb[keep], p0:p1]
+        ffts = MainFFTs(
+            p0=p0, length=length, pairs=np.flatnonzero(keep).astype(np.int64), rows=main.astype(np.int64),
+            fft_hh=scipy.fft.rfft(hh, n=length, axis=-1, workers=1),
+            fft_h=scipy.fft.rfft(smooth[main, p0:p1], n=length, axis=-1, workers=1),
+            hh_norm=np.sqrt(self.products.between(slice(None), p0, p1)),
+        )  # fmt: skip
+        segments = []
+        for a in (int(a) for a in planned):
+            partners = np.flatnonzero(~np.isin(np.arange(k), planned) | (np.arange(k) >= a))
+            for r0, r1 in self.runs(a, partners, lo, hi):
                 q0, q1 = _pixel_range(r0, r1, n_obs, self.n_rest)
                 if r1 - r0 <= _DIRECT_LAGS:  # a short FFT would cost more than the sums (of the whole Gram row)
                     segments.append(RowSegment(a, np.arange(k), r0, r1, q0, q1, 0, None, 0.0))
@@ -436,7 +428,7 @@ class _Planner:
                 norm = float(np.sqrt(self.products.between(self.pair_index[a, a], q0, q1)))
                 segments.append(RowSegment(a, partners, r0, r1, q0, q1, length,
                                            scipy.fft.rfft(rows, n=length, axis=-1, workers=1), norm))
-        return blocks, segments
+        return ffts, segments
 
     def empty_ranges(self) -> tuple[np.ndarray, ...]:
         """Per row, the ``[lo, hi)`` ranges of lags whose windows hold none of it."""
@@ -495,11 +487,9 @@ def fft_correlations(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray,
                                   np.conj(scipy.fft.rfft(rhs, n=length, axis=-1, workers=1)))
         return transforms[length]
 
-    blocks = []
-    for block in prepared.blocks:
-        fw, frhs = spectrum_transforms(block.length)
-        blocks.append(_correlate([(block.fft_hh, fw)] + [(block.fft_h, frhs[r]) for r in range(rhs.shape[0])],
-                                 block.length))
+    ffts = prepared.main
+    fw, frhs = spectrum_transforms(ffts.length)
+    main = _correlate([(ffts.fft_hh, fw)] + [(ffts.fft_h, frhs[r]) for r in range(rhs.shape[0])], ffts.length)
     segments = []
     for segment in prepared.segments:
         if segment.forward is None:
@@ -508,7 +498,7 @@ def fft_correlations(prepared: PreparedBasis, f: np.ndarray, w: np.ndarray,
         fw, frhs = spectrum_transforms(segment.length)
         sources = [(segment.forward[:-1], fw)] + [(segment.forward[-1:], frhs[r]) for r in range(rhs.shape[0])]
         segments.append(_correlate(sources, segment.length))
-    return Correlations(tuple(blocks), tuple(segments))
+    return Correlations(main, tuple(segments))
 
 
 def _correlate(sources: list[tuple[np.ndarray, np.ndarray]], length: int) -> np.ndarray:
@@ -552,13 +542,10 @@ def grams_at_lags(prepared: PreparedBasis, corr: Correlations, f: np.ndarray, w:
     diagonal = np.diagonal(prepared.pair_index)
     scale = np.zeros((lags.size, k))
     gp, b = np.zeros((lags.size, npair)), np.zeros((lags.size, k, nrhs))
-    for block, block_corr in zip(prepared.blocks, corr.blocks, strict=True):
-        idx = np.flatnonzero(valid & (lags >= block.lag_lo) & (lags < block.lag_hi))
-        rows = block.rows
-        _scatter(block_corr, block.p0, block.length, lags, idx, gp, block.pairs, b, np.tile(rows, nrhs),
-                 np.repeat(np.arange(nrhs), rows.size))
-        for a in rows:
-            scale[idx, a] = block.hh_norm[diagonal[a]]
+    ffts, idx = prepared.main, np.flatnonzero(valid)
+    _scatter(corr.main, ffts.p0, ffts.length, lags, idx, gp, ffts.pairs, b, np.tile(ffts.rows, nrhs),
+             np.repeat(np.arange(nrhs), ffts.rows.size))
+    scale[idx[:, None], ffts.rows] = ffts.hh_norm[diagonal[ffts.rows]]
     spikes = prepared.spike_pixels
     if spikes.size:
         near = np.flatnonzero(valid & (lags <= spikes[-1]) & (lags + prepared.n_obs > spikes[0]))

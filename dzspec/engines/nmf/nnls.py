@@ -12,19 +12,7 @@ import math
 
 import numpy as np
 
-try:
-    from numba import njit
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - pure-Python fallback, correct but slow
-    HAVE_NUMBA = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        """Identity decorator standing in for :func:`numba.njit`."""
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]
-        return lambda f: f
-
+from dzspec.kernels.jit import HAVE_NUMBA, njit
 
 __all__ = ["HAVE_NUMBA", "PIVOT_REL", "nnls_gram", "nnls_gram_batch", "scan_nnls", "scan_nnls_schur"]
 

@@ -90,9 +90,9 @@ def nuisance_vectors(n_obs: int, order: int) -> np.ndarray | None:
 
 def _nuisance_whitening(f: np.ndarray, w: np.ndarray, nuisance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``T`` (m', m) with ``G_PP^-1 = T^T T`` and ``u = T b_P`` for the Schur elimination of the nuisance terms
-    (METHODS §5.7; :func:`~dzspec.engines.nmf.nnls.scan_nnls_schur`). ``T`` comes from an eigendecomposition, so a
-    rank-deficient ``G_PP`` keeps its range. A basis row that the nuisance terms reproduce on the window to within
-    :data:`_SCHUR_REL` of its own norm is dropped there (its reduced Gram is round-off)."""
+    (METHODS §5.7; :func:`~dzspec.engines.nmf.nnls.scan_nnls_schur`, which drops at a lag a basis row that the
+    nuisance terms reproduce on the window to within :data:`_SCHUR_REL` of its own norm). ``T`` comes from an
+    eigendecomposition, so a rank-deficient ``G_PP`` keeps its range."""
     g_pp = (nuisance * w) @ nuisance.T
     b_p = nuisance @ (w * f)
     values, vectors = np.linalg.eigh(g_pp)

@@ -158,7 +158,7 @@ def test_fft_gram_and_projections_equal_direct_sums(problem):
         bd = win @ (w * fc)
         # FFT round-off is global: 1e-12 relative to each entry's Cauchy-Schwarz bound over all lags (a narrow
         # overlap at the edge has a small G but the same absolute error; b is a signed sum where noise cancels)
-        bound = prepared.blocks[0].hh_norm * np.linalg.norm(w)
+        bound = prepared.main.hh_norm * np.linalg.norm(w)
         assert np.all(np.abs(gp[i] - G[prepared.pair_a, prepared.pair_b]) <= 1e-12 * bound)
         # and 1e-12 relative to G's largest entry wherever the overlap is substantial
         if G[0, 0] > 0.1 * np.sum(w):
@@ -349,7 +349,7 @@ def test_bright_region_rows_are_exact_through_a_segment_plan(monkeypatch):
     h[2, 100:400] += 1e8
     prepared = prepare_basis(h, N_OBS)
     assert prepared.spike_pixels.size == 64  # the cap: most of the bright region stays in the FFTs
-    assert 2 in {segment.row for segment in prepared.segments} and 2 not in prepared.blocks[0].rows
+    assert 2 in {segment.row for segment in prepared.segments} and 2 not in prepared.main.rows
     fallback, summed = _count_fallbacks(monkeypatch)
     shifts = np.arange(0, 2400, 2)
     f, w = _spectrum(h, 300, seed=4, omega=(0.3, 1.0, 1e-8, 0.7))
